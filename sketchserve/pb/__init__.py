@@ -1,0 +1,1 @@
+"""Generated protobuf code lives here (make proto); never edited, gitignored."""
