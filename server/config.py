@@ -1,0 +1,162 @@
+"""Server configuration: one frozen dataclass, settable by flag or environment.
+
+Every field of :class:`ServerConfig` is a command-line flag (``--max-batch-size``)
+and an environment variable (``SKETCHSERVE_MAX_BATCH_SIZE``). Precedence: a flag
+given on the command line beats the environment, which beats the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "SKETCHSERVE_"
+DEVICE_CHOICES_HELP = "auto | cpu | cuda | cuda:N"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # The bundled model `make serve` uses; real deployments pass --model.
+    model_dir: Path = field(default=Path("models/face"), metadata={"help": "artifact directory"})
+    # All interfaces, IPv4 and IPv6, as grpc's examples bind ("[::]").
+    host: str = field(default="[::]", metadata={"help": "address to bind"})
+    # The conventional gRPC port; 0 asks the OS for a free one (tests).
+    port: int = field(default=50051, metadata={"help": "gRPC port (0: any free port)"})
+    # Where to write the bound port once listening, for supervisors and tests on port 0.
+    port_file: Path | None = field(default=None, metadata={"help": "write the bound port to this file"})
+    # auto takes CUDA when present: the same command serves on a laptop and a GPU box.
+    device: str = field(default="auto", metadata={"help": DEVICE_CHOICES_HELP})
+    # The scripted encoder gains ~3x throughput from 1 to 32 on 2 CPU cores and little beyond.
+    max_batch_size: int = field(default=32, metadata={"help": "most sketches in one forward pass"})
+    # A lone call waits at most this long for company; under load batches fill first.
+    max_delay_ms: float = field(default=1.0, metadata={"help": "longest wait of a queued sketch for a batch"})
+    # ~1 s of CPU encode work at batch 32: beyond that, callers are better told to back off.
+    max_queue: int = field(default=1024, metadata={"help": "most queued sketches per batcher; then RESOURCE_EXHAUSTED"})
+    # Bounds one request's latency and memory; clients split larger inputs.
+    max_sketches_per_request: int = field(default=256, metadata={"help": "most sketches in one request"})
+    # 256 sketches of ~250 points as float32 protobufs fit in well under 16 MiB.
+    max_message_bytes: int = field(default=16 * 1024 * 1024, metadata={"help": "largest request message in bytes"})
+    # Prometheus scrape port; 0 picks a free port, a negative value turns metrics HTTP off.
+    metrics_port: int = field(default=9090, metadata={"help": "Prometheus metrics port (0: any free, -1: off)"})
+    # 1 measured fastest on the 2-core box: torch's intra-op threads fight the gRPC threads
+    # (docs in server/README.md); 0 keeps torch's own default (all cores).
+    torch_threads: int = field(default=1, metadata={"help": "torch intra-op threads (0: torch default)"})
+    # Long enough for a full queue of batches to finish, short of Kubernetes' 30 s kill.
+    grace_seconds: float = field(default=20.0, metadata={"help": "seconds to finish accepted calls on SIGTERM"})
+    # Encodes and decodes each in flight per stream: overlap without unbounded buffering.
+    stream_window: int = field(default=8, metadata={"help": "EncodeStream requests in flight per stream"})
+    # Decoding a dummy batch makes the first real call as fast as the rest.
+    warmup: bool = field(default=True, metadata={"help": "run dummy batches before SERVING"})
+    # key=value lines read well in a terminal and parse in any log pipeline.
+    log_format: str = field(default="kv", metadata={"help": "log line format: kv | json"})
+    log_level: str = field(default="INFO", metadata={"help": "logging level"})
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the flag."""
+
+
+def check_config(cfg: ServerConfig) -> None:
+    positive = ("max_batch_size", "max_queue", "max_sketches_per_request", "max_message_bytes", "stream_window")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{flag_name(name)} must be at least 1, got {getattr(cfg, name)}")
+    if not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {cfg.port}")
+    if cfg.max_delay_ms < 0:
+        raise ConfigError(f"--max-delay-ms must be >= 0, got {cfg.max_delay_ms}")
+    if cfg.torch_threads < 0:
+        raise ConfigError(f"--torch-threads must be >= 0, got {cfg.torch_threads}")
+    if cfg.grace_seconds < 0:
+        raise ConfigError(f"--grace-seconds must be >= 0, got {cfg.grace_seconds}")
+    if cfg.max_sketches_per_request > cfg.max_queue:
+        raise ConfigError(
+            f"--max-sketches-per-request ({cfg.max_sketches_per_request}) must not exceed --max-queue ({cfg.max_queue})"
+        )
+    if cfg.log_format not in {"kv", "json"}:
+        raise ConfigError(f"--log-format must be kv or json, got {cfg.log_format!r}")
+    check_device(cfg.device)
+
+
+def check_device(device: str) -> None:
+    base, _, index = device.partition(":")
+    valid = device in {"auto", "cpu", "cuda"} or (base == "cuda" and index.isdigit())
+    if not valid:
+        raise ConfigError(f"--device must be {DEVICE_CHOICES_HELP}, got {device!r}")
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _converter(f: dataclasses.Field) -> type | object:
+    converters = {
+        "int": int,
+        "float": float,
+        "str": str,
+        "bool": _parse_bool,
+        "Path": Path,
+        "Path | None": _parse_optional_path,
+    }
+    return converters[str(f.type)]
+
+
+def build_parser(prog: str = "sketchserve serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve a sketchserve model artifact over gRPC. "
+        f"Every flag can also be set by an environment variable {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}PORT.",
+    )
+    for f in dataclasses.fields(ServerConfig):
+        flag = "--model" if f.name == "model_dir" else flag_name(f.name)
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=_converter(f),
+            default=None,
+            help=f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default})",
+        )
+    return parser
+
+
+def config_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Flags beat environment variables beat defaults; errors name the flag or variable."""
+    env = os.environ if environ is None else environ
+    parsed = vars(build_parser().parse_args(list(argv)))
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(ServerConfig):
+        if parsed[f.name] is not None:
+            values[f.name] = parsed[f.name]
+            continue
+        raw = env.get(env_name(f.name))
+        if raw is None:
+            continue
+        try:
+            values[f.name] = _converter(f)(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{env_name(f.name)}={raw!r}: {exc}") from None
+    return ServerConfig(**values)
