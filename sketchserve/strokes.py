@@ -1,0 +1,404 @@
+"""The stroke formats of sketchserve, their conversions and canonical preprocessing.
+
+Three formats, used by training, server and client alike (numpy only):
+
+**Drawing** (``Drawing = list[np.ndarray]``): what Quick, Draw! ndjson and the
+proto's ``Sketch`` hold: a list of strokes, each an ``(n, 2)`` float64 array of
+absolute ``x, y`` points (``n >= 1``) in any units (y grows downwards).
+
+**stroke-3** (``(N, 3)`` float32 rows ``(dx, dy, pen_lifted)``), the sketch-rnn
+format of Ha & Eck (2017) and of the sketch-rnn ``.npz`` files. The drawing's
+first point is the origin and has no row of its own: row ``i`` is the offset
+from point ``i`` to point ``i + 1`` of the concatenated strokes, and
+``pen_lifted = 1`` when point ``i + 1`` is the last point of its stroke (the
+pen leaves the paper after it). This is what the real ``.npz`` files hold: their
+row 0 is distributed exactly like the other in-stroke offsets (median length 25
+on ``face.npz``, 81% with ``dx < 0``), not like an absolute position, and the
+files encode a drawing whose first stroke is a dot as a first row ``(0, 0, 1)``.
+A drawing of N + 1 points therefore has N rows. Two consequences, both
+documented behaviour:
+
+- A first stroke of a single point would lose its pen lift, so
+  ``drawing_to_stroke3`` writes it as a dot of two equal points: first row
+  ``(0, 0, 1)``, as the ``.npz`` files do. A one-point drawing is ``[(0, 0, 1)]``.
+- The absolute position is dropped; ``stroke3_to_drawing(s3, origin=...)`` puts
+  the first point at ``origin`` (default ``(0, 0)``).
+
+**stroke-5** (``(L, 5)`` float32 rows ``(dx, dy, p_down, p_up, p_end)``), the
+network's format (magenta ``sketch_rnn/utils.py`` ``to_big_strokes``): a stroke-3
+row ``(dx, dy, p)`` becomes ``(dx, dy, 1 - p, p, 0)``; rows after the drawing are
+the end padding ``END_ROW = (0, 0, 0, 0, 1)``. The model's input prepends
+``START_TOKEN = (0, 0, 1, 0, 0)``; ``stroke3_to_stroke5`` does not (the encoder
+takes stroke-5 without it, see docs/contracts.md).
+
+**Canonical preprocessing** (``canonicalize``, ``preprocess``) redoes what Google
+did to make the simplified Quick, Draw! data, so that any drawing, raw or
+already simplified, reaches the model in the same frame:
+
+1. align to the top-left: subtract the minimum x and the minimum y;
+2. scale uniformly so the longer side spans 0-255 (``CANONICAL_SIZE``);
+3. resample every stroke at 1-unit spacing along its arc length (the samples
+   at arc lengths 0, 1, 2, ... below the stroke's length, plus its end point);
+4. simplify every stroke with Ramer-Douglas-Peucker, epsilon 2.0 (the distance
+   to the line through the chord; the first farthest point splits; a point is
+   kept when its distance is strictly greater than epsilon);
+5. round to integers.
+
+The result does not depend on the drawing's position or size: after step 2 the
+coordinates are snapped to a 1e-6 grid (``SNAP_GRID``), so a shifted or
+uniformly scaled copy (whose floats differ from the original's by rounding
+noise only) continues through steps 3-5 as the bit-identical array. Every step
+works on each drawing independently, so a drawing's result does not depend on
+the batch it is processed in either.
+
+Degenerate inputs: consecutive repeated points of a stroke count once; a stroke
+whose points are all equal stays a single point; a drawing with zero extent
+(all points equal, or a single point) maps every stroke to the single point
+``(0, 0)`` (no division by zero, no NaN).
+
+Validation (``validate_drawing``, ``drawing_from_xy``) raises
+``InvalidDrawingError`` naming the field, like ``strokes[2].x``, for: no strokes,
+a stroke with no points, x/y of different lengths, NaN or infinite coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Drawing = list[np.ndarray]
+
+CANONICAL_SIZE = 255.0  # the longer side of a canonical drawing spans 0..255, as in Google's simplified data
+RESAMPLE_SPACING = 1.0  # arc-length spacing of the resampling step, in canonical units
+RDP_EPSILON = 2.0  # Ramer-Douglas-Peucker tolerance used for the simplified Quick, Draw! data
+SNAP_GRID = 1e-6  # grid that removes float noise so shifted/scaled copies stay bit-identical
+CHUNK_DRAWINGS = 256  # drawings processed together: amortizes numpy calls, bounds the padded cumsum buffer
+START_TOKEN = (0.0, 0.0, 1.0, 0.0, 0.0)  # stroke-5 start-of-sequence row the model prepends
+END_ROW = (0.0, 0.0, 0.0, 0.0, 1.0)  # stroke-5 padding row after the drawing's last point
+PEN_LIFTED_THRESHOLD = 0.5  # stroke-3 pen values above this count as lifted (tolerates float inputs)
+
+
+class InvalidDrawingError(ValueError):
+    """A drawing that cannot be processed; ``field`` names the offending part."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _stroke_array(stroke: object, index: int) -> np.ndarray:
+    field = f"strokes[{index}]"
+    try:
+        array = np.asarray(stroke, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InvalidDrawingError(field, f"not an array of numbers ({err})") from None
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise InvalidDrawingError(field, f"expected shape (n, 2) of x/y points, got {array.shape}")
+    if array.shape[0] == 0:
+        raise InvalidDrawingError(field, "stroke has no points")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        axis = "xy"[col]
+        raise InvalidDrawingError(f"{field}.{axis}", f"value {array[row, col]} at point {row} is not finite")
+    return array
+
+
+def validate_drawing(drawing: Sequence[np.ndarray]) -> None:
+    """Raise ``InvalidDrawingError`` unless ``drawing`` is a valid Drawing."""
+    _checked_strokes(drawing)
+
+
+def _checked_strokes(drawing: Sequence[np.ndarray]) -> Drawing:
+    if drawing is None or len(drawing) == 0:
+        raise InvalidDrawingError("strokes", "drawing has no strokes")
+    return [_stroke_array(stroke, i) for i, stroke in enumerate(drawing)]
+
+
+def drawing_from_xy(strokes: Sequence[tuple[Sequence[float], Sequence[float]]]) -> Drawing:
+    """Build a validated Drawing from ``[(xs, ys), ...]`` (the ndjson/proto layout)."""
+    if strokes is None or len(strokes) == 0:
+        raise InvalidDrawingError("strokes", "drawing has no strokes")
+    result: Drawing = []
+    for i, stroke in enumerate(strokes):
+        if len(stroke) < 2:
+            raise InvalidDrawingError(f"strokes[{i}]", "expected x and y lists")
+        xs, ys = stroke[0], stroke[1]
+        for axis, values in (("x", xs), ("y", ys)):
+            if np.ndim(values) != 1:
+                raise InvalidDrawingError(f"strokes[{i}].{axis}", "expected a flat list of numbers")
+        if len(xs) != len(ys):
+            raise InvalidDrawingError(f"strokes[{i}].y", f"has {len(ys)} values but x has {len(xs)}")
+        try:
+            points = np.column_stack([np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)])
+        except (TypeError, ValueError) as err:
+            raise InvalidDrawingError(f"strokes[{i}]", f"not numbers ({err})") from None
+        result.append(_stroke_array(points, i))
+    return result
+
+
+@dataclass(frozen=True)
+class _Flat:
+    """A batch of drawings as flat arrays (the vectorized pipeline's working form)."""
+
+    points: np.ndarray  # (P, 2) float64, all points of all strokes of all drawings
+    stroke_lengths: np.ndarray  # (S,) int64, points per stroke
+    drawing_strokes: np.ndarray  # (D,) int64, strokes per drawing
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+
+
+def _flatten(drawings: Sequence[Drawing]) -> _Flat:
+    strokes = [stroke for drawing in drawings for stroke in drawing]
+    return _Flat(
+        points=np.concatenate(strokes, axis=0),
+        stroke_lengths=np.fromiter((len(s) for s in strokes), dtype=np.int64, count=len(strokes)),
+        drawing_strokes=np.fromiter((len(d) for d in drawings), dtype=np.int64, count=len(drawings)),
+    )
+
+
+def _unflatten(flat: _Flat) -> list[Drawing]:
+    strokes = np.split(flat.points, np.cumsum(flat.stroke_lengths)[:-1])
+    bounds = np.concatenate(([0], np.cumsum(flat.drawing_strokes))).tolist()
+    return [strokes[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _snap(values: np.ndarray) -> np.ndarray:
+    return np.round(values / SNAP_GRID) * SNAP_GRID
+
+
+def _segmented_cumsum(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Cumulative sums restarting at each segment, bit-identical to summing each alone."""
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(len(values)) - np.repeat(_starts(lengths), lengths)
+    table = np.zeros((len(lengths), int(lengths.max())), dtype=values.dtype)
+    table[rows, cols] = values
+    np.cumsum(table, axis=1, out=table)
+    return table[rows, cols]
+
+
+def _normalize(flat: _Flat) -> np.ndarray:
+    point_counts = np.add.reduceat(flat.stroke_lengths, _starts(flat.drawing_strokes))
+    point_starts = _starts(point_counts)
+    mins = np.minimum.reduceat(flat.points, point_starts, axis=0)
+    extent = (np.maximum.reduceat(flat.points, point_starts, axis=0) - mins).max(axis=1)
+    positive = extent > 0
+    scale = np.zeros_like(extent)
+    scale[positive] = CANONICAL_SIZE / extent[positive]
+    shifted = flat.points - np.repeat(mins, point_counts, axis=0)
+    return _snap(shifted * np.repeat(scale, point_counts)[:, None])
+
+
+def _dedupe(points: np.ndarray, stroke_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.ones(len(points), dtype=bool)
+    keep[1:] = np.any(points[1:] != points[:-1], axis=1)
+    keep[_starts(stroke_lengths)] = True
+    return points[keep], np.add.reduceat(keep, _starts(stroke_lengths)).astype(np.int64)
+
+
+def _resample(points: np.ndarray, stroke_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Samples at arc lengths 0, 1, 2, ... < L of every stroke, plus its end point."""
+    starts = _starts(stroke_lengths)
+    ends = starts + stroke_lengths - 1
+    steps = np.zeros(len(points))
+    steps[1:] = np.hypot(*(points[1:] - points[:-1]).T)
+    steps[starts] = 0.0
+    arc = _segmented_cumsum(steps, stroke_lengths)
+    interior_counts = np.ceil(arc[ends] / RESAMPLE_SPACING).astype(np.int64)
+    out_lengths = interior_counts + 1
+    out_starts = _starts(out_lengths)
+    total_samples = int(interior_counts.sum())
+    stroke_of_vertex = np.repeat(np.arange(len(stroke_lengths)), stroke_lengths)
+    first_sample_at = np.ceil(arc / RESAMPLE_SPACING).astype(np.int64)
+    crosses = (first_sample_at < interior_counts[stroke_of_vertex]) & (np.arange(len(points)) != starts[stroke_of_vertex])
+    sample_starts = _starts(interior_counts)
+    events = np.bincount(
+        sample_starts[stroke_of_vertex[crosses]] + first_sample_at[crosses], minlength=total_samples + 1
+    )[:total_samples]
+    sample_stroke = np.repeat(np.arange(len(stroke_lengths)), interior_counts)
+    running = np.cumsum(events)
+    before = np.concatenate(([0], running))[sample_starts]
+    vertex = starts[sample_stroke] + (running - before[sample_stroke])
+    k = (np.arange(total_samples) - sample_starts[sample_stroke]) * RESAMPLE_SPACING
+    seg_start = points[vertex]
+    seg_vec = points[vertex + 1] - seg_start
+    fraction = (k - arc[vertex]) / steps[vertex + 1]
+    out = np.empty((int(out_lengths.sum()), 2))
+    sample_rows = out_starts[sample_stroke] + (np.arange(total_samples) - sample_starts[sample_stroke])
+    out[sample_rows] = seg_start + fraction[:, None] * seg_vec
+    out[out_starts + interior_counts] = points[ends]
+    return out, out_lengths
+
+
+def _rdp_keep(points: np.ndarray, stroke_lengths: np.ndarray, epsilon: float) -> np.ndarray:
+    """Ramer-Douglas-Peucker on every stroke at once, one tree level per pass."""
+    starts = _starts(stroke_lengths)
+    ends = starts + stroke_lengths - 1
+    keep = np.zeros(len(points), dtype=bool)
+    keep[starts] = True
+    keep[ends] = True
+    a, b = starts[stroke_lengths >= 3], ends[stroke_lengths >= 3]
+    while a.size:
+        counts = b - a - 1
+        offsets = _starts(counts)
+        seg = np.repeat(np.arange(len(a)), counts)
+        idx = np.arange(int(counts.sum())) - offsets[seg] + a[seg] + 1
+        origin = points[a][seg]
+        chord = points[b][seg] - origin
+        rel = points[idx] - origin
+        chord_len = np.hypot(chord[:, 0], chord[:, 1])
+        cross = np.abs(chord[:, 0] * rel[:, 1] - chord[:, 1] * rel[:, 0])
+        degenerate = chord_len == 0
+        dist = np.where(degenerate, np.hypot(rel[:, 0], rel[:, 1]), cross / np.where(degenerate, 1.0, chord_len))
+        peak = np.maximum.reduceat(dist, offsets)
+        split = peak > epsilon
+        candidates = np.flatnonzero((dist == peak[seg]) & split[seg])
+        cand_seg = seg[candidates]
+        first = np.ones(len(candidates), dtype=bool)
+        first[1:] = cand_seg[1:] != cand_seg[:-1]
+        mids = idx[candidates[first]]
+        keep[mids] = True
+        new_a = np.concatenate((a[split], mids))
+        new_b = np.concatenate((mids, b[split]))
+        wide = new_b - new_a >= 2
+        a, b = new_a[wide], new_b[wide]
+    return keep
+
+
+def _canonical_flat(drawings: Sequence[Drawing]) -> _Flat:
+    flat = _flatten(drawings)
+    points, lengths = _dedupe(_normalize(flat), flat.stroke_lengths)
+    points, lengths = _resample(points, lengths)
+    keep = _rdp_keep(points, lengths, RDP_EPSILON)
+    kept_lengths = np.add.reduceat(keep, _starts(lengths)).astype(np.int64)
+    return _Flat(np.round(_snap(points[keep])), kept_lengths, flat.drawing_strokes)
+
+
+def _chunks(items: Sequence[Drawing]) -> list[Sequence[Drawing]]:
+    return [items[i : i + CHUNK_DRAWINGS] for i in range(0, len(items), CHUNK_DRAWINGS)]
+
+
+def canonicalize(drawing: Sequence[np.ndarray]) -> Drawing:
+    """Google's simplification of one drawing (see the module docstring)."""
+    return canonicalize_many([drawing])[0]
+
+
+def canonicalize_many(drawings: Sequence[Sequence[np.ndarray]]) -> list[Drawing]:
+    """``canonicalize`` of every drawing, vectorized across the batch; same results."""
+    checked = [_checked_strokes(d) for d in drawings]
+    return [d for chunk in _chunks(checked) for d in _unflatten(_canonical_flat(chunk))]
+
+
+def _flat_to_stroke3(flat: _Flat) -> list[np.ndarray]:
+    points, lengths = flat.points, flat.stroke_lengths
+    stroke_starts = _starts(lengths)
+    first_strokes = stroke_starts[_starts(flat.drawing_strokes)]
+    dot_first = np.zeros(len(lengths), dtype=np.int64)
+    dot_first[_starts(flat.drawing_strokes)] = lengths[_starts(flat.drawing_strokes)] == 1
+    repeats = np.ones(len(points), dtype=np.int64)
+    repeats[first_strokes] += dot_first[_starts(flat.drawing_strokes)]
+    expanded = np.repeat(points, repeats, axis=0)
+    lengths = lengths + dot_first
+    lifted = np.zeros(len(expanded), dtype=np.float64)
+    lifted[np.cumsum(lengths) - 1] = 1.0
+    rows = np.empty((len(expanded), 3))
+    rows[1:, :2] = expanded[1:] - expanded[:-1]
+    rows[:, 2] = lifted
+    drawing_points = np.add.reduceat(lengths, _starts(flat.drawing_strokes))
+    bounds = _starts(drawing_points)
+    valid = np.ones(len(expanded), dtype=bool)
+    valid[bounds] = False
+    rows = rows[valid].astype(np.float32)
+    return np.split(rows, np.cumsum(drawing_points - 1)[:-1])
+
+
+def drawing_to_stroke3(drawing: Sequence[np.ndarray]) -> np.ndarray:
+    """A Drawing as stroke-3 (first point at the origin; see the module docstring)."""
+    checked = _checked_strokes(drawing)
+    return _flat_to_stroke3(_flatten([checked]))[0]
+
+
+def _check_stroke3(s3: np.ndarray) -> np.ndarray:
+    array = np.asarray(s3)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(f"stroke-3 must have shape (N, 3), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("stroke-3 holds NaN or infinite values")
+    return array
+
+
+def stroke3_to_drawing(s3: np.ndarray, origin: tuple[float, float] = (0.0, 0.0)) -> Drawing:
+    """A stroke-3 as a Drawing whose first point is ``origin``; N rows give N + 1 points."""
+    array = _check_stroke3(s3)
+    points = np.zeros((len(array) + 1, 2))
+    points[0] = origin
+    points[1:] = np.asarray(origin, dtype=np.float64) + np.cumsum(array[:, :2].astype(np.float64), axis=0)
+    lift_after = np.flatnonzero(array[:, 2] > PEN_LIFTED_THRESHOLD) + 2
+    bounds = lift_after[lift_after < len(points)]
+    return [stroke for stroke in np.split(points, bounds) if len(stroke)]
+
+
+def preprocess(drawing: Sequence[np.ndarray]) -> np.ndarray:
+    """The canonical stroke-3 of a drawing: ``drawing_to_stroke3(canonicalize(drawing))``."""
+    return preprocess_many([drawing])[0]
+
+
+def preprocess_many(drawings: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """``preprocess`` of every drawing, vectorized across the batch; same results."""
+    checked = [_checked_strokes(d) for d in drawings]
+    return [s3 for chunk in _chunks(checked) for s3 in _flat_to_stroke3(_canonical_flat(chunk))]
+
+
+def stroke3_to_stroke5(s3: np.ndarray, max_len: int) -> np.ndarray:
+    """``(max_len, 5)`` stroke-5 without the start token, padded with ``END_ROW``."""
+    array = _check_stroke3(s3)
+    if len(array) > max_len:
+        raise ValueError(f"stroke-3 has {len(array)} points, more than max_len={max_len}")
+    result = np.zeros((max_len, 5), dtype=np.float32)
+    lifted = (array[:, 2] > PEN_LIFTED_THRESHOLD).astype(np.float32)
+    result[: len(array), :2] = array[:, :2]
+    result[: len(array), 2] = 1.0 - lifted
+    result[: len(array), 3] = lifted
+    result[len(array) :] = END_ROW
+    return result
+
+
+def stroke5_to_stroke3(s5: np.ndarray) -> np.ndarray:
+    """Stroke-3 of the rows before the first end row (pen state = the largest of the three)."""
+    array = np.asarray(s5)
+    if array.ndim != 2 or array.shape[1] != 5:
+        raise ValueError(f"stroke-5 must have shape (L, 5), got {array.shape}")
+    state = np.argmax(array[:, 2:], axis=1)
+    ends = np.flatnonzero(state == 2)
+    length = int(ends[0]) if ends.size else len(array)
+    result = np.zeros((length, 3), dtype=np.float32)
+    result[:, :2] = array[:length, :2]
+    result[:, 2] = state[:length] == 1
+    return result
+
+
+def augment_stroke3(
+    s3: np.ndarray, rng: np.random.Generator, scale_factor: float = 0.15, drop_prob: float = 0.1
+) -> np.ndarray:
+    """Sketch-RNN training augmentation: independent x/y scaling by ``1 +- scale_factor``
+    and, with probability ``drop_prob``, dropping a pen-down point inside a stroke
+    (from its third point on, never a stroke's last two), its offset merged into
+    the next row, as magenta's ``augment_strokes`` does."""
+    array = _check_stroke3(s3).astype(np.float64)
+    scales = 1.0 + (rng.random(2) - 0.5) * 2.0 * scale_factor
+    lifted = array[:, 2] > PEN_LIFTED_THRESHOLD
+    row = np.arange(len(array))
+    stroke_start = np.maximum.accumulate(np.where(np.concatenate(([True], lifted[:-1])), row, 0))
+    next_down = np.concatenate((~lifted[1:], [False]))
+    droppable = ~lifted & next_down & (row - stroke_start >= 2)
+    drop = droppable & (rng.random(len(array)) < drop_prob)
+    positions = np.cumsum(array[:, :2], axis=0)[~drop]
+    result = np.empty((len(positions), 3), dtype=np.float32)
+    result[:, :2] = np.diff(positions, axis=0, prepend=np.zeros((1, 2))) * scales
+    result[:, 2] = array[~drop, 2]
+    return result
