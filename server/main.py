@@ -1,0 +1,200 @@
+"""``sketchserve serve``: build, start, warm up and drain the gRPC server.
+
+Lifecycle: bind the port with health NOT_SERVING; verify the artifact's
+checksums, load it on the device and warm it up (off the event loop); attach
+it to the servicer; only then report SERVING (and write ``--port-file``). On
+SIGTERM or SIGINT: health NOT_SERVING, stop taking new calls, let accepted calls
+finish within ``--grace-seconds`` (``server.stop(grace)``), stop the batchers,
+exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sketchserve.pb.sketch.v1 import sketch_pb2_grpc
+from sketchserve.server.clusters import load_clusters
+from sketchserve.server.config import ConfigError, ServerConfig, config_from_args
+from sketchserve.server.errors import StatusInterceptor
+from sketchserve.server.logs import configure_logging, fields
+from sketchserve.server.metrics import MetricsHttp, ServerMetrics
+from sketchserve.server.service import SERVICE_NAME, ServingState, SketchServicer
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# The overall server's health entry, by the grpc.health.v1 convention.
+OVERALL = ""
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _load_state(cfg: ServerConfig, metrics: ServerMetrics) -> ServingState:
+    """Verify, load and warm up the model (blocking; runs in a worker thread)."""
+    import torch
+
+    from sketchserve.server.engine import SketchEngine
+    from sketchserve.server.model import load_model
+
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    model = load_model(cfg.model_dir, cfg.device)
+    clusters = load_clusters(cfg.model_dir, model.spec.latent_size)
+    if cfg.warmup:
+        model.warm_up(tuple(sorted({1, cfg.max_batch_size})))
+    engine = SketchEngine(model, cfg, observer=metrics)
+    for batcher in (engine.encoder, engine.decoder):
+        metrics.watch_queue(batcher.name, batcher.depth)
+    metrics.set_model(name=model.spec.name, version=model.spec.version, device=model.spec.device)
+    engine.start()
+    return ServingState(
+        engine=engine,
+        manifest=model.manifest,
+        clusters=clusters,
+        max_sketches_per_request=cfg.max_sketches_per_request,
+        stream_window=cfg.stream_window,
+    )
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class BuiltServer:
+    """A bound, not yet started server and what tests and ``main`` need to drive it."""
+
+    config: ServerConfig
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    servicer: SketchServicer
+    metrics: ServerMetrics
+    state: ServingState | None = None
+    metrics_http: MetricsHttp | None = None
+    stopped: bool = field(default=False)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_http is None else self.metrics_http.port
+
+    async def start(self) -> None:
+        """Start listening (NOT_SERVING), load and warm the model, then report SERVING."""
+        await self.listen()
+        await self.load()
+
+    async def listen(self) -> None:
+        """Accept calls with health NOT_SERVING; SketchService calls answer UNAVAILABLE until :meth:`load`."""
+        for service in (OVERALL, SERVICE_NAME):
+            await self.health.set(service, NOT_SERVING)
+        await self.server.start()
+        if self.config.metrics_port >= 0:
+            self.metrics_http = self.metrics.serve_http(self.config.metrics_port)
+        log.info("listening", extra=fields(port=self.port, metrics_port=self.metrics_port))
+
+    async def load(self) -> None:
+        """Verify, load and warm the model off the event loop, then report SERVING."""
+        self.state = await asyncio.to_thread(_load_state, self.config, self.metrics)
+        self.servicer.attach(self.state)
+        spec = self.state.engine.spec
+        for service in (OVERALL, SERVICE_NAME):
+            await self.health.set(service, SERVING)
+        if self.config.port_file is not None:
+            _write_port_file(self.config.port_file, self.port)
+        log.info(
+            "serving",
+            extra=fields(
+                port=self.port, model=spec.name, version=spec.version, device=spec.device,
+                max_batch_size=self.config.max_batch_size, max_delay_ms=self.config.max_delay_ms,
+                torch_threads=self.config.torch_threads,
+            ),
+        )
+
+    async def stop(self, grace: float | None) -> None:
+        """NOT_SERVING, refuse new calls, finish accepted ones within ``grace`` seconds, stop batchers."""
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", extra=fields(grace_seconds=grace))
+        await self.server.stop(grace)
+        if self.state is not None:
+            self.state.engine.close()
+            await asyncio.to_thread(self.state.engine.join)
+        if self.metrics_http is not None:
+            self.metrics_http.close()
+        log.info("stopped")
+
+
+def build_server(cfg: ServerConfig) -> BuiltServer:
+    """Create the grpc.aio server with every service and bind its port (call inside the event loop)."""
+    metrics = ServerMetrics()
+    server = grpc.aio.server(
+        interceptors=[StatusInterceptor(metrics.on_call)],
+        options=[
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    servicer = SketchServicer()
+    sketch_pb2_grpc.add_SketchServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    address = f"{cfg.host}:{cfg.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind {address}: {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return BuiltServer(cfg, server, port, health_servicer, servicer, metrics)
+
+
+async def serve(cfg: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean drain, 1 when startup fails."""
+    try:
+        built = build_server(cfg)
+    except OSError as exc:
+        log.error("startup failed", extra=fields(error=str(exc)))
+        return EXIT_STARTUP_FAILED
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    try:
+        await built.start()
+    except Exception as exc:  # noqa: BLE001 - any startup failure is reported in one line, exit 1
+        log.error("startup failed", extra=fields(error=f"{type(exc).__name__}: {exc}"))
+        log.debug("startup failure traceback", exc_info=exc)
+        await built.stop(0)
+        return EXIT_STARTUP_FAILED
+    await stop_requested.wait()
+    await built.stop(cfg.grace_seconds)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str]) -> int:
+    try:
+        cfg = config_from_args(argv)
+    except ConfigError as exc:
+        sys.stderr.write(f"sketchserve serve: {exc}\n")
+        return EXIT_USAGE
+    configure_logging(cfg.log_format, cfg.log_level)
+    return asyncio.run(serve(cfg))

@@ -1,0 +1,288 @@
+"""The SketchService servicer: protobuf <-> domain conversion only (no torch).
+
+Handlers raise the exceptions of ``sketchserve.server.errors``; the
+StatusInterceptor there turns them into statuses. Input checks name the
+sketch index and field, e.g. ``sketches[3].strokes[1].y: has 4 values but x has 5``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+
+from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
+from sketchserve.server.clusters import ClusterTable
+from sketchserve.server.errors import FailedPrecondition, InvalidRequest, NotReady
+from sketchserve.strokes import InvalidDrawingError, drawing_from_xy, preprocess_many, stroke3_to_drawing
+
+if TYPE_CHECKING:
+    from sketchserve.server.engine import Embedding, SketchEngine
+
+SERVICE_NAME = sketch_pb2.DESCRIPTOR.services_by_name["SketchService"].full_name
+# The contract's temperature range: 0 is greedy, 2 is already very wild.
+MAX_TEMPERATURE = 2.0
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """Everything the handlers need once the model is loaded and warm."""
+
+    engine: SketchEngine
+    manifest: dict[str, Any]
+    clusters: ClusterTable | None
+    max_sketches_per_request: int
+    stream_window: int
+
+    @property
+    def version(self) -> str:
+        return self.engine.spec.version
+
+
+def _sketch_error(index: int, sketch: sketch_pb2.Sketch, prefix: str, field: str, message: str) -> InvalidRequest:
+    """``sketches[3].strokes[1].y (id 'cat-7'): message``; the id only when the caller set one."""
+    path = f"{prefix}sketches[{index}]{'.' + field if field else ''}"
+    return InvalidRequest(f"{path} (id {sketch.id!r})" if sketch.id else path, message)
+
+
+def check_count(count: int, limit: int, field: str, noun: str) -> None:
+    if count == 0:
+        raise InvalidRequest(field, f"empty request: give at least one {noun}")
+    if count > limit:
+        raise InvalidRequest(field, f"{count} {noun}s in one request, at most {limit}; split the input")
+
+
+def sketches_to_stroke3(
+    sketches: Sequence[sketch_pb2.Sketch], *, max_points: int, limit: int, prefix: str = ""
+) -> list[np.ndarray]:
+    """Validate and preprocess proto sketches into canonical stroke-3, or raise InvalidRequest."""
+    check_count(len(sketches), limit, f"{prefix}sketches", "sketch")
+    drawings = []
+    for i, sketch in enumerate(sketches):
+        try:
+            drawings.append(drawing_from_xy([(stroke.x, stroke.y) for stroke in sketch.strokes]))
+        except InvalidDrawingError as err:
+            raise _sketch_error(i, sketch, prefix, err.field, err.message) from None
+    strokes3 = preprocess_many(drawings)
+    for i, (sketch, s3) in enumerate(zip(sketches, strokes3)):
+        if len(s3) > max_points:
+            message = f"{len(s3)} points after simplification, the model accepts at most {max_points}"
+            raise _sketch_error(i, sketch, prefix, "", message)
+    return strokes3
+
+
+def latents_to_array(latents: Sequence[sketch_pb2.Embedding], latent_size: int, limit: int) -> np.ndarray:
+    check_count(len(latents), limit, "latents", "latent")
+    rows = []
+    for i, latent in enumerate(latents):
+        mu = np.asarray(latent.mu, dtype=np.float32)
+        if len(mu) != latent_size:
+            raise InvalidRequest(f"latents[{i}].mu", f"has {len(mu)} values, the model's latent size is {latent_size}")
+        if not np.isfinite(mu).all():
+            raise InvalidRequest(f"latents[{i}].mu", "holds NaN or infinite values")
+        rows.append(mu)
+    return np.stack(rows)
+
+
+def check_temperature(temperature: float) -> float:
+    if not (math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
+        raise InvalidRequest("temperature", f"{temperature} is outside [0, {MAX_TEMPERATURE:g}]")
+    return float(temperature)
+
+
+def resolve_max_points(requested: int, model_max: int) -> int:
+    if requested == 0:
+        return model_max
+    if requested > model_max:
+        raise InvalidRequest("max_points", f"{requested} exceeds the model's maximum of {model_max}")
+    return requested
+
+
+def stroke3_to_proto(s3: np.ndarray) -> sketch_pb2.Sketch:
+    """A canonical stroke-3 as absolute strokes; an empty one (the decoder ended at once) has no strokes."""
+    if len(s3) == 0:
+        return sketch_pb2.Sketch()
+    return sketch_pb2.Sketch(
+        strokes=[sketch_pb2.Stroke(x=pts[:, 0].tolist(), y=pts[:, 1].tolist()) for pts in stroke3_to_drawing(s3)]
+    )
+
+
+def embedding_to_proto(embedding: Embedding) -> sketch_pb2.Embedding:
+    return sketch_pb2.Embedding(mu=embedding.mu.tolist(), sigma=embedding.sigma.tolist())
+
+
+def model_info(state: ServingState) -> sketch_pb2.ModelInfo:
+    manifest, spec = state.manifest, state.engine.spec
+    data = manifest.get("data", {})
+    return sketch_pb2.ModelInfo(
+        version=spec.version,
+        name=spec.name,
+        latent_size=spec.latent_size,
+        cluster_count=0 if state.clusters is None else state.clusters.k,
+        max_points=spec.max_seq_len,
+        device=spec.device,
+        categories=[str(c) for c in data.get("categories", [])],
+        data_files=[str(f.get("path", "")) for f in data.get("files", [])],
+        training_drawings=int(data.get("counts", {}).get("train", 0)),
+        max_sketches_per_request=state.max_sketches_per_request,
+        manifest_json=json.dumps(manifest, sort_keys=True),
+    )
+
+
+class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
+    """Answers UNAVAILABLE until :meth:`attach` hands it a warm model."""
+
+    def __init__(self) -> None:
+        self._state: ServingState | None = None
+
+    def attach(self, state: ServingState) -> None:
+        self._state = state
+
+    def _ready(self) -> ServingState:
+        if self._state is None:
+            raise NotReady("the server is warming up; retry shortly")
+        return self._state
+
+    def _clusters(self, state: ServingState) -> ClusterTable:
+        if state.clusters is None:
+            raise FailedPrecondition(
+                "this model has no clusters: run `sketchserve cluster MODEL_DIR` to add clusters.json, then restart"
+            )
+        return state.clusters
+
+    def _stroke3(self, state: ServingState, sketches: Sequence[sketch_pb2.Sketch], prefix: str = "") -> list[np.ndarray]:
+        return sketches_to_stroke3(
+            sketches,
+            max_points=state.engine.spec.max_seq_len,
+            limit=state.max_sketches_per_request,
+            prefix=prefix,
+        )
+
+    async def _encode(
+        self, state: ServingState, request: sketch_pb2.EncodeRequest, context: grpc.aio.ServicerContext, prefix: str = ""
+    ) -> sketch_pb2.EncodeResponse:
+        strokes3 = self._stroke3(state, request.sketches, prefix)
+        embeddings = await state.engine.encode(strokes3, timeout=context.time_remaining())
+        return sketch_pb2.EncodeResponse(
+            embeddings=[embedding_to_proto(e) for e in embeddings], model_version=state.version
+        )
+
+    async def Encode(self, request: sketch_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> sketch_pb2.EncodeResponse:
+        return await self._encode(self._ready(), request, context)
+
+    async def Assign(self, request: sketch_pb2.AssignRequest, context: grpc.aio.ServicerContext) -> sketch_pb2.AssignResponse:
+        state = self._ready()
+        clusters = self._clusters(state)
+        strokes3 = self._stroke3(state, request.sketches)
+        embeddings = await state.engine.encode(strokes3, timeout=context.time_remaining())
+        neighbors = clusters.nearest(np.stack([e.mu for e in embeddings]), request.top_k or 1)
+        assignments = [
+            sketch_pb2.Assignment(
+                cluster=near[0].cluster,
+                distance=near[0].distance,
+                nearest=[sketch_pb2.ClusterDistance(cluster=n.cluster, distance=n.distance) for n in near],
+            )
+            for near in neighbors
+        ]
+        return sketch_pb2.AssignResponse(assignments=assignments, model_version=state.version)
+
+    async def Reconstruct(
+        self, request: sketch_pb2.ReconstructRequest, context: grpc.aio.ServicerContext
+    ) -> sketch_pb2.ReconstructResponse:
+        state = self._ready()
+        spec = state.engine.spec
+        if request.sketches and request.latents:
+            raise InvalidRequest("latents", "give either sketches or latents, not both")
+        temperature = check_temperature(request.temperature)
+        max_points = resolve_max_points(request.max_points, spec.max_seq_len)
+        if request.latents:
+            latents = latents_to_array(request.latents, spec.latent_size, state.max_sketches_per_request)
+        else:
+            strokes3 = self._stroke3(state, request.sketches)
+            embeddings = await state.engine.encode(strokes3, timeout=context.time_remaining())
+            latents = np.stack([e.mu for e in embeddings])
+        drawings = await state.engine.sample(
+            latents, temperature=temperature, max_points=max_points, seed=request.seed,
+            timeout=context.time_remaining(),
+        )
+        return sketch_pb2.ReconstructResponse(
+            sketches=[stroke3_to_proto(s3) for s3 in drawings], model_version=state.version
+        )
+
+    async def Score(self, request: sketch_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> sketch_pb2.ScoreResponse:
+        state = self._ready()
+        strokes3 = self._stroke3(state, request.sketches)
+        scores = await state.engine.score(strokes3, timeout=context.time_remaining())
+        return sketch_pb2.ScoreResponse(
+            scores=[sketch_pb2.SketchScore(reconstruction_nll=s.reconstruction_nll, kl=s.kl) for s in scores],
+            model_version=state.version,
+        )
+
+    async def EncodeStream(
+        self, request_iterator: AsyncIterator[sketch_pb2.EncodeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[sketch_pb2.EncodeResponse]:
+        """Up to ``stream_window`` requests are encoded at once; responses leave in request order."""
+        state = self._ready()
+        pending: asyncio.Queue[asyncio.Task | BaseException | None] = asyncio.Queue(maxsize=state.stream_window)
+
+        async def feed() -> None:
+            try:
+                index = 0
+                async for request in request_iterator:
+                    task = asyncio.ensure_future(self._encode(state, request, context, prefix=f"requests[{index}]."))
+                    await pending.put(task)
+                    index += 1
+            except Exception as exc:  # noqa: BLE001 - handed to the writer, which raises it in order
+                await pending.put(exc)
+                return
+            await pending.put(None)
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            while (item := await pending.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield await item
+        finally:
+            feeder.cancel()
+            _discard_pending(pending)
+
+    async def GetModelInfo(
+        self, request: sketch_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> sketch_pb2.ModelInfo:
+        return model_info(self._ready())
+
+    async def ListClusters(
+        self, request: sketch_pb2.ListClustersRequest, context: grpc.aio.ServicerContext
+    ) -> sketch_pb2.ListClustersResponse:
+        state = self._ready()
+        clusters = self._clusters(state)
+        result = [
+            sketch_pb2.Cluster(
+                id=c,
+                size=clusters.sizes[c],
+                centroid=clusters.centroids[c].tolist(),
+                exemplars=[stroke3_to_proto(s) for s in clusters.exemplars[c][: request.exemplars]],
+                prototype=sketch_pb2.Sketch() if clusters.prototypes[c] is None else stroke3_to_proto(clusters.prototypes[c]),
+            )
+            for c in range(clusters.k)
+        ]
+        return sketch_pb2.ListClustersResponse(clusters=result, model_version=state.version)
+
+
+def _discard_pending(pending: asyncio.Queue) -> None:
+    """Cancel the stream's unfinished encodes; mark finished ones' errors as seen."""
+    while not pending.empty():
+        item = pending.get_nowait()
+        if isinstance(item, asyncio.Task):
+            if item.done():
+                if not item.cancelled():
+                    item.exception()
+            else:
+                item.cancel()
