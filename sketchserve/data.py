@@ -1,0 +1,359 @@
+"""Streaming loaders for the Quick, Draw! formats sketchserve trains and tests on.
+
+``iter_drawings(paths, ...)`` yields one ``DrawingRecord`` per drawing from any
+mix of these files (a directory stands for its ``.npz`` and ``.ndjson`` files):
+
+- **sketch-rnn ``.npz``** (``quickdraw_dataset/sketchrnn/<category>.npz``): keys
+  ``train``/``valid``/``test``, each a 1-D object array of int16 ``(N, 3)``
+  stroke-3 arrays; the category is the file's stem. Loaded with
+  ``np.load(path, encoding="latin1", allow_pickle=True)``, one split at a time.
+  These drawings are RDP-simplified but NOT in the canonical 0-255 frame: on
+  ``face.npz`` the longer side spans 98-1334 units (median 357), on ``pig.npz``
+  98-1514 (median 390). So that training data and the drawings a server receives
+  (which it canonicalizes) share one frame, their ``stroke3`` is canonicalized
+  too (``canonical=True``, the default); ``canonical=False`` gives the stored rows.
+- **simplified ndjson**: one JSON object a line with ``word``, ``countrycode``,
+  ``timestamp``, ``recognized``, ``key_id`` and ``drawing`` = ``[[xs, ys], ...]``.
+- **raw ndjson**: as simplified, with strokes ``[xs, ys, ts]`` in canvas pixels.
+
+ndjson files are read line by line, never whole, and their drawings pass
+through ``strokes.preprocess`` (``canonical=False``: plain ``drawing_to_stroke3``).
+They have no stored split; a record's ``split`` is ``deterministic_split(key_id)``,
+a hash of the key, so ``split="train"`` works for every format.
+
+Every problem in a file's content raises ``DataFormatError`` naming the file and
+the line (ndjson) or ``split[index]`` (npz) and what is wrong. With
+``on_error="skip"`` bad lines, drawings and unreadable files are skipped and
+counted in a ``SkipCounter`` instead; a missing path or an unknown file type
+always raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from sketchserve import strokes
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+DEFAULT_SPLIT_FRACTIONS = (0.85, 0.075, 0.075)  # the sketch-rnn npz proportions (e.g. 1700/150/150)
+NPZ_SUFFIX = ".npz"
+NDJSON_SUFFIXES = (".ndjson", ".jsonl")
+BATCH_DRAWINGS = 256  # drawings canonicalized together (strokes.preprocess_many amortizes numpy calls)
+SKIP_EXAMPLES = 5  # skip messages a SkipCounter keeps for the report
+HASH_BUCKETS = 2**32  # resolution of deterministic_split's hash
+
+OnError = Literal["raise", "skip"]
+
+
+class DataFormatError(ValueError):
+    """Bad data in a file: ``path``, ``location`` (a line number, ``split[index]`` or None) and ``message``."""
+
+    def __init__(self, path: str | Path, location: int | str | None, message: str) -> None:
+        where = str(path) if location is None else f"{path}:{location}"
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.location = location
+        self.message = message
+
+
+@dataclass
+class SkipCounter:
+    """What ``on_error="skip"`` left out: a count and the first few reasons."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, error: DataFormatError) -> None:
+        self.count += 1
+        if len(self.examples) < SKIP_EXAMPLES:
+            self.examples.append(str(error))
+        logger.debug("skipped %s", error)
+
+
+@dataclass(frozen=True)
+class DrawingRecord:
+    """One drawing: its stroke-3 (float32, canonical unless asked otherwise) and metadata."""
+
+    stroke3: np.ndarray
+    word: str
+    recognized: bool | None
+    key_id: str | None
+    source: str
+    split: str | None
+    countrycode: str | None = None
+    timestamp: str | None = None
+
+
+def deterministic_split(key: str, fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS) -> str:
+    """``"train"``, ``"valid"`` or ``"test"`` for ``key``, stable across runs and machines."""
+    if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be {len(SPLITS)} non-negative numbers, got {list(fractions)}")
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    position = int.from_bytes(digest[:4], "big") / HASH_BUCKETS * sum(fractions)
+    bounds = np.cumsum(fractions)
+    return SPLITS[min(int(np.searchsorted(bounds, position, side="right")), len(SPLITS) - 1)]
+
+
+@dataclass(frozen=True)
+class _Options:
+    splits: frozenset[str] | None
+    categories: frozenset[str] | None
+    on_error: OnError
+    skipped: SkipCounter
+    canonical: bool
+    split_fractions: tuple[float, ...]
+
+
+def _as_set(value: str | Iterable[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    return frozenset([value] if isinstance(value, str) else value)
+
+
+def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Files named by ``paths``; a directory stands for its .npz/.ndjson files, sorted."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    result: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            result += sorted(p for p in item.iterdir() if p.suffix in (NPZ_SUFFIX, *NDJSON_SUFFIXES))
+        elif item.exists():
+            result.append(item)
+        else:
+            raise DataFormatError(item, None, "no such file or directory")
+    return result
+
+
+def iter_drawings(
+    paths: str | Path | Iterable[str | Path],
+    *,
+    split: str | Iterable[str] | None = None,
+    categories: str | Iterable[str] | None = None,
+    on_error: OnError = "raise",
+    skipped: SkipCounter | None = None,
+    canonical: bool = True,
+    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+) -> Iterator[DrawingRecord]:
+    """Stream the drawings of ``paths`` (see the module docstring), file by file in order."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    splits = _as_set(split)
+    if splits is not None and not splits <= set(SPLITS):
+        raise ValueError(f"split must be among {SPLITS}, got {sorted(splits)}")
+    options = _Options(
+        splits, _as_set(categories), on_error, skipped or SkipCounter(), canonical, tuple(split_fractions)
+    )
+    for path in expand_paths(paths):
+        if path.suffix == NPZ_SUFFIX:
+            yield from _iter_npz(path, options)
+        elif path.suffix in NDJSON_SUFFIXES:
+            yield from _iter_ndjson(path, options)
+        else:
+            raise DataFormatError(path, None, f"unknown file type {path.suffix!r} (expected .npz or .ndjson)")
+
+
+def _fail(error: DataFormatError, options: _Options) -> None:
+    if options.on_error == "raise":
+        raise error
+    options.skipped.add(error)
+
+
+def _stroke3_rows(value: object) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.ndim != 2 or value.shape[1] != 3:
+        shape = getattr(value, "shape", type(value).__name__)
+        raise ValueError(f"expected an (N, 3) stroke-3 array, got {shape}")
+    if value.shape[0] == 0:
+        raise ValueError("empty drawing (no points)")
+    if not np.issubdtype(value.dtype, np.number):
+        raise ValueError(f"expected numbers, got dtype {value.dtype}")
+    rows = value.astype(np.float32)
+    if not np.isfinite(rows).all():
+        raise ValueError("holds NaN or infinite values")
+    return rows
+
+
+def _load_npz_split(path: Path, name: str) -> np.ndarray | None:
+    try:
+        with np.load(path, encoding="latin1", allow_pickle=True) as archive:
+            if name not in archive.files:
+                return None
+            array = archive[name]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        raise DataFormatError(path, None, f"not a readable sketch-rnn .npz ({err})") from None
+    if array.ndim != 1:
+        raise DataFormatError(path, name, f"expected a 1-D array of drawings, got shape {array.shape}")
+    return array
+
+
+def _iter_npz(path: Path, options: _Options) -> Iterator[DrawingRecord]:
+    word = path.stem
+    if options.categories is not None and word not in options.categories:
+        return
+    try:
+        arrays = {name: _load_npz_split(path, name) for name in SPLITS}
+        if all(array is None for array in arrays.values()):
+            raise DataFormatError(path, None, f"none of the keys {SPLITS} present")
+    except DataFormatError as err:
+        _fail(err, options)
+        return
+    for name, array in arrays.items():
+        if array is None or (options.splits is not None and name not in options.splits):
+            continue
+        pending: list[tuple[str, np.ndarray]] = []
+        for index, value in enumerate(array):
+            location = f"{name}[{index}]"
+            try:
+                pending.append((location, _stroke3_rows(value)))
+            except ValueError as err:
+                _fail(DataFormatError(path, location, str(err)), options)
+            if len(pending) == BATCH_DRAWINGS:
+                yield from _npz_records(path, word, name, pending, options)
+                pending = []
+        yield from _npz_records(path, word, name, pending, options)
+
+
+def _npz_records(
+    path: Path, word: str, split: str, items: list[tuple[str, np.ndarray]], options: _Options
+) -> Iterator[DrawingRecord]:
+    rows = [s3 for _, s3 in items]
+    if options.canonical and rows:
+        rows = strokes.preprocess_many([strokes.stroke3_to_drawing(s3) for s3 in rows])
+    for (location, _), s3 in zip(items, rows):
+        yield DrawingRecord(s3, word, None, None, f"{path}:{location}", split)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    line: int
+    drawing: strokes.Drawing
+    word: str
+    recognized: bool | None
+    key_id: str | None
+    countrycode: str | None
+    timestamp: str | None
+
+
+def _optional_str(obj: dict[str, object], key: str, line: int, path: Path) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    if key == "key_id" and isinstance(value, int):
+        return str(value)
+    raise DataFormatError(path, line, f"{key!r} must be a string, got {type(value).__name__}")
+
+
+def _parse_line(path: Path, line: int, text: str) -> _Parsed:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataFormatError(path, line, f"invalid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, line, f"expected a JSON object, got {type(obj).__name__}")
+    for key in ("word", "drawing"):
+        if key not in obj:
+            raise DataFormatError(path, line, f"missing key {key!r}")
+    if not isinstance(obj["word"], str):
+        raise DataFormatError(path, line, "'word' must be a string")
+    recognized = obj.get("recognized")
+    if recognized is not None and not isinstance(recognized, bool):
+        raise DataFormatError(path, line, "'recognized' must be true or false")
+    return _Parsed(
+        line=line,
+        drawing=_parse_drawing(path, line, obj["drawing"]),
+        word=obj["word"],
+        recognized=recognized,
+        key_id=_optional_str(obj, "key_id", line, path),
+        countrycode=_optional_str(obj, "countrycode", line, path),
+        timestamp=_optional_str(obj, "timestamp", line, path),
+    )
+
+
+def _parse_drawing(path: Path, line: int, value: object) -> strokes.Drawing:
+    if not isinstance(value, list):
+        raise DataFormatError(path, line, f"'drawing' must be a list of strokes, got {type(value).__name__}")
+    for i, stroke in enumerate(value):
+        if not isinstance(stroke, list) or len(stroke) not in (2, 3) or not all(isinstance(v, list) for v in stroke):
+            raise DataFormatError(path, line, f"drawing: strokes[{i}]: expected [xs, ys] or [xs, ys, ts] lists")
+        if len(stroke) == 3 and len(stroke[2]) != len(stroke[0]):
+            raise DataFormatError(
+                path, line, f"drawing: strokes[{i}].t: has {len(stroke[2])} values but x has {len(stroke[0])}"
+            )
+    try:
+        return strokes.drawing_from_xy([(stroke[0], stroke[1]) for stroke in value])
+    except strokes.InvalidDrawingError as err:
+        raise DataFormatError(path, line, f"drawing: {err}") from None
+
+
+def _iter_ndjson(path: Path, options: _Options) -> Iterator[DrawingRecord]:
+    pending: list[_Parsed] = []
+    line = 0
+    try:
+        with path.open("r", encoding="utf-8") as handle:
+            for line, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    parsed = _parse_line(path, line, text)
+                except DataFormatError as err:
+                    yield from _ndjson_records(path, pending, options)
+                    pending = []
+                    _fail(err, options)
+                    continue
+                if _wanted(parsed, options):
+                    pending.append(parsed)
+                if len(pending) == BATCH_DRAWINGS:
+                    yield from _ndjson_records(path, pending, options)
+                    pending = []
+    except UnicodeDecodeError as err:
+        yield from _ndjson_records(path, pending, options)
+        _fail(DataFormatError(path, line + 1, f"not UTF-8 text ({err.reason})"), options)
+        return
+    except OSError as err:
+        _fail(DataFormatError(path, None, f"cannot read ({err.strerror or err})"), options)
+        return
+    yield from _ndjson_records(path, pending, options)
+
+
+def _record_split(parsed: _Parsed, options: _Options) -> str | None:
+    if parsed.key_id is None:
+        return None
+    return deterministic_split(parsed.key_id, options.split_fractions)
+
+
+def _wanted(parsed: _Parsed, options: _Options) -> bool:
+    if options.categories is not None and parsed.word not in options.categories:
+        return False
+    return options.splits is None or _record_split(parsed, options) in options.splits
+
+
+def _ndjson_records(path: Path, items: list[_Parsed], options: _Options) -> Iterator[DrawingRecord]:
+    if not items:
+        return
+    drawings = [item.drawing for item in items]
+    if options.canonical:
+        rows = strokes.preprocess_many(drawings)
+    else:
+        rows = [strokes.drawing_to_stroke3(drawing) for drawing in drawings]
+    for item, s3 in zip(items, rows):
+        yield DrawingRecord(
+            stroke3=s3,
+            word=item.word,
+            recognized=item.recognized,
+            key_id=item.key_id,
+            source=f"{path}:{item.line}",
+            split=_record_split(item, options),
+            countrycode=item.countrycode,
+            timestamp=item.timestamp,
+        )
