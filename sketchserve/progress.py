@@ -61,6 +61,7 @@ class Progress:
         self._start = clock()
         self._last_draw = self._start
         self._width = 0
+        self._drawn_count = -1
         self._closed = False
 
     def __enter__(self) -> Progress:
@@ -88,7 +89,8 @@ class Progress:
         if self._closed:
             return
         self._closed = True
-        self._draw(self._clock())
+        if self._tty or self._drawn_count != self.count:
+            self._draw(self._clock())
         if self._tty:
             self._stream.write("\n")
         self._stream.flush()
@@ -113,6 +115,7 @@ class Progress:
 
     def _draw(self, now: float) -> None:
         text = self.line(now)
+        self._drawn_count = self.count
         if self._tty:
             padding = " " * max(self._width - len(text), 0)
             self._width = len(text)
