@@ -1,0 +1,28 @@
+"""Shared fixtures. Real Quick, Draw! data lives outside the repository, in
+``../shared/data`` relative to the repository root (``SKETCHSERVE_DATA``
+overrides it); tests that need it skip with a reason where it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ENV = "SKETCHSERVE_DATA"
+
+
+def shared_data_path() -> Path:
+    """Where the real data is expected (it may be absent)."""
+    override = os.environ.get(DATA_ENV)
+    return Path(override) if override else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data directory, or a skip naming where it was looked for."""
+    path = shared_data_path()
+    if not path.is_dir():
+        pytest.skip(f"real Quick, Draw! data not found at {path} (set {DATA_ENV} to its location)")
+    return path
