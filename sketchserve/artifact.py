@@ -1,0 +1,134 @@
+"""The model artifact: a directory of TorchScript modules described by ``manifest.json``.
+
+See docs/contracts.md ("Model artifact"). This module imports torch only inside
+``load_artifact``, so reading and checking manifests needs only the base install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ENCODER_FILE = "encoder.pt"
+DECODER_FILE = "decoder.pt"
+CLUSTERS_FILE = "clusters.json"
+REQUIRED_FILES = (ENCODER_FILE, DECODER_FILE)
+REQUIRED_KEYS = ("format_version", "name", "version", "latent_size", "max_seq_len", "scale_factor", "files")
+HASH_CHUNK = 1 << 20
+
+
+class ArtifactError(RuntimeError):
+    """A model directory that cannot be used (one line: which file, what is wrong)."""
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    directory: Path
+    encoder: Any
+    decoder: Any
+    manifest: dict[str, Any]
+    clusters: dict[str, Any] | None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _artifact_files(model_dir: Path) -> list[str]:
+    return sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"))
+
+
+def read_manifest(model_dir: Path | str) -> dict[str, Any]:
+    """The parsed ``manifest.json``; raises ``ArtifactError`` if missing, malformed or incomplete."""
+    path = Path(model_dir) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no manifest (is {model_dir} a model directory?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: expected a JSON object")
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise ArtifactError(f"{path}: missing {', '.join(missing)}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format_version {manifest['format_version']} (this build reads {FORMAT_VERSION})")
+    return manifest
+
+
+def verify_checksums(model_dir: Path | str) -> dict[str, Any]:
+    """Check every file against the manifest's sha256 (and that the modules exist); returns the manifest."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    files = manifest["files"]
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise ArtifactError(f"{model_dir / MANIFEST}: files lists no {name}")
+    for name, expected in files.items():
+        path = model_dir / name
+        if not path.is_file():
+            raise ArtifactError(f"{path}: listed in the manifest but missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ArtifactError(f"{path}: sha256 {actual[:12]}... does not match the manifest's {str(expected)[:12]}...")
+    return manifest
+
+
+def write_manifest(model_dir: Path | str, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` with ``files`` recomputed from the directory; returns its path."""
+    model_dir = Path(model_dir)
+    out = dict(manifest)
+    out["format_version"] = FORMAT_VERSION
+    out["files"] = {name: sha256_file(model_dir / name) for name in _artifact_files(model_dir)}
+    path = model_dir / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def jit_load(path: Path, device: Any) -> Any:
+    """``torch.jit.load`` with only its TorchScript DeprecationWarning silenced."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        module = torch.jit.load(str(path), map_location=device)
+    return module.eval()
+
+
+def load_artifact(model_dir: Path | str, device: Any = "cpu") -> LoadedArtifact:
+    """The one loader: verify checksums, then load both modules (eval mode) and clusters onto ``device``."""
+    import torch
+
+    model_dir = Path(model_dir)
+    manifest = verify_checksums(model_dir)
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        encoder = jit_load(model_dir / ENCODER_FILE, device)
+        decoder = jit_load(model_dir / DECODER_FILE, device)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"{model_dir}: cannot load TorchScript modules ({first})") from err
+    clusters = None
+    clusters_path = model_dir / CLUSTERS_FILE
+    if clusters_path.is_file():
+        try:
+            clusters = json.loads(clusters_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{clusters_path}: not valid JSON ({err})") from err
+    return LoadedArtifact(directory=model_dir, encoder=encoder, decoder=decoder, manifest=manifest, clusters=clusters)

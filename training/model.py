@@ -1,0 +1,314 @@
+"""Sketch-RNN VAE (Ha & Eck 2017), after magenta's ``sketch_rnn/model.py``.
+
+``Encoder`` and ``Decoder`` are the two TorchScript modules of the artifact
+(docs/contracts.md): they take and give stroke-5 in canonical 0-255 units and
+normalize internally with the ``scale`` buffer (the training set's offset std).
+``SketchRNN`` joins them for training; its forward returns the loss terms.
+
+Loss, as magenta computes it: ``L_R`` is the offset mixture NLL over the real
+points plus the pen cross-entropy (over every decoded step in training, over the
+real points in evaluation), summed and divided by ``batch * max_seq_len``; ``KL``
+is the mean over batch and latent dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, NamedTuple, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sketchserve.training.config import ModelConfig
+
+STROKE5 = 5
+PEN_STATES = 3
+PEN_END = 2
+# Each mixture component has pi, mu_x, mu_y, log sigma_x, log sigma_y, rho.
+PARAMS_PER_COMPONENT = 6
+# tanh(rho) may round to exactly +-1 in float32; this keeps 1 - rho^2 positive.
+RHO_LIMIT = 0.99999
+LOG_2PI = math.log(2.0 * math.pi)
+# magenta's LSTM cells start with forget-gate bias 1 so that early gradients flow.
+FORGET_BIAS = 1.0
+
+
+class MixtureParams(NamedTuple):
+    log_pi: Tensor
+    mu_x: Tensor
+    mu_y: Tensor
+    sigma_x: Tensor
+    sigma_y: Tensor
+    rho: Tensor
+    pen_logits: Tensor
+
+
+class StepLosses(NamedTuple):
+    offset: Tensor
+    pen: Tensor
+
+
+class LossTerms(NamedTuple):
+    recon: Tensor
+    kl: Tensor
+    offset: Tensor
+    pen: Tensor
+
+
+def split_params(out: Tensor, num_mixtures: int, rho_limit: float = RHO_LIMIT) -> MixtureParams:
+    """Head output ``[..., 6M + 3]`` -> mixture parameters (log-softmaxed pi, exp sigma, tanh rho)."""
+    m = num_mixtures
+    return MixtureParams(
+        log_pi=F.log_softmax(out[..., 0:m], dim=-1),
+        mu_x=out[..., m : 2 * m],
+        mu_y=out[..., 2 * m : 3 * m],
+        sigma_x=torch.exp(out[..., 3 * m : 4 * m]),
+        sigma_y=torch.exp(out[..., 4 * m : 5 * m]),
+        rho=torch.tanh(out[..., 5 * m : 6 * m]).clamp(-rho_limit, rho_limit),
+        pen_logits=out[..., 6 * m :],
+    )
+
+
+def step_losses(p: MixtureParams, dx: Tensor, dy: Tensor, pen: Tensor, log_2pi: float = LOG_2PI) -> StepLosses:
+    """Per-step offset NLL under the mixture and pen cross-entropy; ``pen`` holds class indices."""
+    dx = dx.unsqueeze(-1)
+    dy = dy.unsqueeze(-1)
+    zx = (dx - p.mu_x) / p.sigma_x
+    zy = (dy - p.mu_y) / p.sigma_y
+    one_minus_rho2 = 1.0 - p.rho * p.rho
+    quad = (zx * zx + zy * zy - 2.0 * p.rho * zx * zy) / (2.0 * one_minus_rho2)
+    log_norm = -log_2pi - torch.log(p.sigma_x) - torch.log(p.sigma_y) - 0.5 * torch.log(one_minus_rho2)
+    offset = -torch.logsumexp(p.log_pi + log_norm - quad, dim=-1)
+    pen_nll = -torch.gather(F.log_softmax(p.pen_logits, dim=-1), -1, pen.unsqueeze(-1)).squeeze(-1)
+    return StepLosses(offset=offset, pen=pen_nll)
+
+
+def normalize(x: Tensor, scale: Tensor) -> Tensor:
+    return torch.cat([x[..., 0:2] / scale, x[..., 2:]], dim=-1)
+
+
+def targets(x: Tensor, lengths: Tensor, pen_end: int = PEN_END) -> Tuple[Tensor, Tensor, Tensor]:
+    """Normalized stroke-5 ``x [B,T,5]`` -> per-step targets over ``T + 1`` steps (the last is the end).
+
+    Rows at or after ``lengths`` are treated as the end state whatever they hold.
+    """
+    b, t = x.shape[0], x.shape[1]
+    steps = torch.arange(t + 1, device=x.device).unsqueeze(0)
+    real = steps < lengths.unsqueeze(1)
+    dx = F.pad(x[..., 0], (0, 1)) * real
+    dy = F.pad(x[..., 1], (0, 1)) * real
+    pen_real = F.pad(torch.argmax(x[..., 2:], dim=-1), (0, 1))
+    pen = torch.where(real, pen_real, torch.full((b, t + 1), pen_end, dtype=torch.long, device=x.device))
+    return dx, dy, pen
+
+
+def teacher_inputs(x: Tensor) -> Tensor:
+    """Normalized stroke-5 ``x [B,T,5]`` -> decoder inputs ``[B,T+1,5]``: start token then ``x``."""
+    start = torch.zeros_like(x[:, 0:1])
+    start[:, :, 2] = 1.0
+    return torch.cat([start, x], dim=1)
+
+
+class FusedLSTM(nn.Module):
+    """One LSTM layer on torch's fused kernel: ``(x [B,T,I], h, c) -> (out [B,T,H], h, c)``."""
+
+    def __init__(self, input_size: int, hidden: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden, batch_first=True)
+        with torch.no_grad():
+            self.lstm.bias_hh_l0.zero_()
+            self.lstm.bias_ih_l0.zero_()
+            self.lstm.bias_ih_l0[hidden : 2 * hidden].fill_(FORGET_BIAS)
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        out, (h2, c2) = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))
+        return out, h2.squeeze(0), c2.squeeze(0)
+
+
+class LayerNormLSTM(nn.Module):
+    """magenta's LayerNormLSTMCell with recurrent dropout on the cell input (Semeniuta et al. 2016)."""
+
+    def __init__(self, input_size: int, hidden: int, recurrent_dropout: float) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.recurrent_dropout = recurrent_dropout
+        self.wx = nn.Linear(input_size, 4 * hidden, bias=False)
+        self.wh = nn.Linear(hidden, 4 * hidden, bias=False)
+        self.gamma = nn.Parameter(torch.ones(4, hidden))
+        self.beta = nn.Parameter(torch.zeros(4, hidden))
+        with torch.no_grad():
+            self.beta[2].fill_(FORGET_BIAS)
+        self.ln_c = nn.LayerNorm(hidden)
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        b, steps = x.shape[0], x.shape[1]
+        xw = self.wx(x)
+        outs: List[Tensor] = []
+        for t in range(steps):
+            gates = (xw[:, t] + self.wh(h)).view(b, 4, self.hidden)
+            gates = F.layer_norm(gates, [self.hidden]) * self.gamma + self.beta
+            i, g, f, o = gates.unbind(1)
+            g = torch.tanh(g)
+            if self.training and self.recurrent_dropout > 0.0:
+                g = F.dropout(g, self.recurrent_dropout, True)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * g
+            h = torch.sigmoid(o) * torch.tanh(self.ln_c(c))
+            outs.append(h)
+        return torch.stack(outs, dim=1), h, c
+
+
+class Encoder(nn.Module):
+    """Bidirectional LSTM over packed stroke-5 -> ``(mu, sigma)``; padding never changes a result."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(STROKE5, cfg.enc_hidden, batch_first=True, bidirectional=True)
+        self.mu = nn.Linear(2 * cfg.enc_hidden, cfg.latent_size)
+        self.presig = nn.Linear(2 * cfg.enc_hidden, cfg.latent_size)
+        self.register_buffer("scale", torch.ones(()))
+
+    @torch.jit.export
+    def moments(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(mu, presig)`` with ``sigma = exp(presig / 2)``; ``x`` in canonical units."""
+        packed = nn.utils.rnn.pack_padded_sequence(
+            normalize(x, self.scale), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, (h, _) = self.lstm(packed)
+        feat = torch.cat([h[0], h[1]], dim=-1)
+        return self.mu(feat), self.presig(feat)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        mu, presig = self.moments(x, lengths)
+        return mu, torch.exp(presig / 2.0)
+
+
+class Decoder(nn.Module):
+    """Autoregressive LSTM decoder conditioned on ``z``; initial ``(h, c) = tanh(W z + b)``."""
+
+    __constants__ = ["num_mixtures", "dec_hidden", "pen_states", "pen_end"]
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.pen_states = PEN_STATES
+        self.pen_end = PEN_END
+        self.num_mixtures = cfg.num_mixtures
+        self.dec_hidden = cfg.dec_hidden
+        self.init_state = nn.Linear(cfg.latent_size, 2 * cfg.dec_hidden)
+        if cfg.cell == "layer_norm":
+            self.rnn = LayerNormLSTM(STROKE5 + cfg.latent_size, cfg.dec_hidden, cfg.recurrent_dropout)
+        else:
+            self.rnn = FusedLSTM(STROKE5 + cfg.latent_size, cfg.dec_hidden)
+        self.head = nn.Linear(cfg.dec_hidden, PARAMS_PER_COMPONENT * cfg.num_mixtures + PEN_STATES)
+        self.register_buffer("scale", torch.ones(()))
+
+    def initial_state(self, z: Tensor) -> Tuple[Tensor, Tensor]:
+        hc = torch.tanh(self.init_state(z))
+        return hc[:, : self.dec_hidden], hc[:, self.dec_hidden :]
+
+    def forward(self, z: Tensor, inputs: Tensor) -> Tensor:
+        """Teacher-forced head outputs ``[B,T,6M+3]`` for normalized inputs ``[B,T,5]`` (start token first)."""
+        h, c = self.initial_state(z)
+        zs = z.unsqueeze(1).expand(-1, inputs.shape[1], -1)
+        out, _, _ = self.rnn(torch.cat([inputs, zs], dim=-1), h, c)
+        return self.head(out)
+
+    @torch.jit.export
+    def teacher_losses(self, z: Tensor, x: Tensor, lengths: Tensor) -> StepLosses:
+        """Per-step losses ``[B, T+1]`` of canonical stroke-5 ``x`` (no start token); ``T+1`` is the end step."""
+        xn = normalize(x, self.scale)
+        params = split_params(self.forward(z, teacher_inputs(xn)), self.num_mixtures)
+        dx, dy, pen = targets(xn, lengths, self.pen_end)
+        return step_losses(params, dx, dy, pen)
+
+    @torch.jit.export
+    def nll(self, z: Tensor, x: Tensor, lengths: Tensor) -> Tensor:
+        """Per-sketch mean NLL per step: offsets on real points, pen on real points and the end step."""
+        losses = self.teacher_losses(z, x, lengths)
+        steps = torch.arange(losses.offset.shape[1], device=x.device).unsqueeze(0)
+        real = (steps < lengths.unsqueeze(1)).to(losses.offset.dtype)
+        counted = (steps <= lengths.unsqueeze(1)).to(losses.offset.dtype)
+        total = (losses.offset * real).sum(1) + (losses.pen * counted).sum(1)
+        return total / (lengths.to(total.dtype) + 1.0)
+
+    @torch.jit.export
+    def sample(self, z: Tensor, noise: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
+        """Decode up to ``L = noise.shape[1]`` steps; returns canonical stroke-5 ``[B,L,5]`` and lengths."""
+        b, steps = noise.shape[0], noise.shape[1]
+        greedy = temperature <= 0.0
+        temp = 1.0 if greedy else temperature
+        sqrt_temp = math.sqrt(temp)
+        out = torch.zeros(b, steps, 2 + self.pen_states, dtype=z.dtype, device=z.device)
+        out[:, :, 4] = 1.0
+        lengths = torch.full((b,), steps, dtype=torch.long, device=z.device)
+        ended = torch.zeros(b, dtype=torch.bool, device=z.device)
+        prev = torch.zeros(b, 2 + self.pen_states, dtype=z.dtype, device=z.device)
+        prev[:, 2] = 1.0
+        h, c = self.initial_state(z)
+        m = self.num_mixtures
+        for t in range(steps):
+            o, h, c = self.rnn(torch.cat([prev, z], dim=-1).unsqueeze(1), h, c)
+            p = split_params(self.head(o.squeeze(1)), m)
+            if greedy:
+                k = torch.argmax(p.log_pi, dim=-1, keepdim=True)
+                pen = torch.argmax(p.pen_logits, dim=-1)
+            else:
+                cdf = torch.cumsum(torch.softmax(p.log_pi / temp, dim=-1), dim=-1)
+                k = (cdf < noise[:, t, 0:1]).sum(-1, keepdim=True).clamp(max=m - 1)
+                pen_cdf = torch.cumsum(torch.softmax(p.pen_logits / temp, dim=-1), dim=-1)
+                pen = (pen_cdf < noise[:, t, 3:4]).sum(-1).clamp(max=self.pen_states - 1)
+            mx = p.mu_x.gather(1, k).squeeze(1)
+            my = p.mu_y.gather(1, k).squeeze(1)
+            if greedy:
+                dx, dy = mx, my
+            else:
+                sx = p.sigma_x.gather(1, k).squeeze(1) * sqrt_temp
+                sy = p.sigma_y.gather(1, k).squeeze(1) * sqrt_temp
+                rho = p.rho.gather(1, k).squeeze(1)
+                n1, n2 = noise[:, t, 1], noise[:, t, 2]
+                dx = mx + sx * n1
+                dy = my + sy * (rho * n1 + torch.sqrt(1.0 - rho * rho) * n2)
+            stop = ended | (pen == self.pen_end)
+            lengths = torch.where(stop & ~ended, torch.full_like(lengths, t), lengths)
+            live = (~stop).to(z.dtype)
+            row = out[:, t]
+            row[:, 0] = dx * live * self.scale
+            row[:, 1] = dy * live * self.scale
+            row[:, 2:] = F.one_hot(torch.where(stop, torch.full_like(pen, self.pen_end), pen), self.pen_states).to(z.dtype)
+            ended = stop
+            if bool(ended.all()):
+                break
+            prev = torch.cat([torch.stack([dx, dy], dim=1), row[:, 2:]], dim=1)
+        return out, lengths
+
+
+class SketchRNN(nn.Module):
+    """Encoder + decoder for training; ``forward`` returns the (unweighted) loss terms."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def set_scale(self, scale: float) -> None:
+        self.encoder.scale.fill_(scale)
+        self.decoder.scale.fill_(scale)
+
+    @property
+    def scale_factor(self) -> float:
+        return float(self.encoder.scale)
+
+    def forward(self, x: Tensor, lengths: Tensor, eps: Tensor) -> LossTerms:
+        """``x`` canonical stroke-5 ``[B,T,5]`` (no start token), ``eps`` standard normal ``[B, Nz]``."""
+        mu, presig = self.encoder.moments(x, lengths)
+        z = mu + torch.exp(presig / 2.0) * eps
+        losses = self.decoder.teacher_losses(z, x, lengths)
+        steps = torch.arange(losses.offset.shape[1], device=x.device).unsqueeze(0)
+        real = (steps < lengths.unsqueeze(1)).to(losses.offset.dtype)
+        denom = float(x.shape[0] * self.cfg.max_seq_len)
+        offset = (losses.offset * real).sum() / denom
+        pen_mask = real if not self.training else torch.ones_like(real)
+        pen = (losses.pen * pen_mask).sum() / denom
+        kl = -0.5 * torch.mean(1.0 + presig - mu * mu - torch.exp(presig))
+        return LossTerms(recon=offset + pen, kl=kl, offset=offset, pen=pen)
