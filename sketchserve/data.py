@@ -184,14 +184,16 @@ def _stroke3_rows(value: object) -> np.ndarray:
     return rows
 
 
-def _load_npz_split(path: Path, name: str) -> np.ndarray | None:
+_NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
+
+
+def _read_split(path: Path, archive: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
     try:
-        with np.load(path, encoding="latin1", allow_pickle=True) as archive:
-            if name not in archive.files:
-                return None
-            array = archive[name]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
-        raise DataFormatError(path, None, f"not a readable sketch-rnn .npz ({err})") from None
+        array = archive[name]
+    except _NPZ_READ_ERRORS as err:
+        raise DataFormatError(path, name, f"not a readable sketch-rnn .npz split ({err})") from None
+    if not isinstance(array, np.ndarray):
+        raise DataFormatError(path, name, "not a readable sketch-rnn .npz split (not a .npy array)")
     if array.ndim != 1:
         raise DataFormatError(path, name, f"expected a 1-D array of drawings, got shape {array.shape}")
     return array
@@ -202,26 +204,42 @@ def _iter_npz(path: Path, options: _Options) -> Iterator[DrawingRecord]:
     if options.categories is not None and word not in options.categories:
         return
     try:
-        arrays = {name: _load_npz_split(path, name) for name in SPLITS}
-        if all(array is None for array in arrays.values()):
-            raise DataFormatError(path, None, f"none of the keys {SPLITS} present")
+        archive = np.load(path, encoding="latin1", allow_pickle=True)
+    except _NPZ_READ_ERRORS as err:
+        _fail(DataFormatError(path, None, f"not a readable sketch-rnn .npz ({err})"), options)
+        return
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        _fail(DataFormatError(path, None, "not a readable sketch-rnn .npz (not a zip archive of arrays)"), options)
+        return
+    with archive:
+        present = [name for name in SPLITS if name in archive.files]
+        if not present:
+            _fail(DataFormatError(path, None, f"none of the keys {SPLITS} present"), options)
+            return
+        for name in present:
+            if options.splits is None or name in options.splits:
+                yield from _iter_npz_split(path, archive, name, options)
+
+
+def _iter_npz_split(
+    path: Path, archive: np.lib.npyio.NpzFile, name: str, options: _Options
+) -> Iterator[DrawingRecord]:
+    try:
+        array = _read_split(path, archive, name)
     except DataFormatError as err:
         _fail(err, options)
         return
-    for name, array in arrays.items():
-        if array is None or (options.splits is not None and name not in options.splits):
-            continue
-        pending: list[tuple[str, np.ndarray]] = []
-        for index, value in enumerate(array):
-            location = f"{name}[{index}]"
-            try:
-                pending.append((location, _stroke3_rows(value)))
-            except ValueError as err:
-                _fail(DataFormatError(path, location, str(err)), options)
-            if len(pending) == BATCH_DRAWINGS:
-                yield from _npz_records(path, word, name, pending, options)
-                pending = []
-        yield from _npz_records(path, word, name, pending, options)
+    pending: list[tuple[str, np.ndarray]] = []
+    for index, value in enumerate(array):
+        location = f"{name}[{index}]"
+        try:
+            pending.append((location, _stroke3_rows(value)))
+        except ValueError as err:
+            _fail(DataFormatError(path, location, str(err)), options)
+        if len(pending) == BATCH_DRAWINGS:
+            yield from _npz_records(path, path.stem, name, pending, options)
+            pending = []
+    yield from _npz_records(path, path.stem, name, pending, options)
 
 
 def _npz_records(
@@ -298,13 +316,13 @@ def _parse_drawing(path: Path, line: int, value: object) -> strokes.Drawing:
 
 def _iter_ndjson(path: Path, options: _Options) -> Iterator[DrawingRecord]:
     pending: list[_Parsed] = []
-    line = 0
     try:
-        with path.open("r", encoding="utf-8") as handle:
-            for line, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
+        with path.open("rb") as handle:
+            for line, raw in enumerate(handle, start=1):
                 try:
+                    text = _decode(path, line, raw)
+                    if not text.strip():
+                        continue
                     parsed = _parse_line(path, line, text)
                 except DataFormatError as err:
                     yield from _ndjson_records(path, pending, options)
@@ -316,14 +334,17 @@ def _iter_ndjson(path: Path, options: _Options) -> Iterator[DrawingRecord]:
                 if len(pending) == BATCH_DRAWINGS:
                     yield from _ndjson_records(path, pending, options)
                     pending = []
-    except UnicodeDecodeError as err:
-        yield from _ndjson_records(path, pending, options)
-        _fail(DataFormatError(path, line + 1, f"not UTF-8 text ({err.reason})"), options)
-        return
     except OSError as err:
         _fail(DataFormatError(path, None, f"cannot read ({err.strerror or err})"), options)
         return
     yield from _ndjson_records(path, pending, options)
+
+
+def _decode(path: Path, line: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(path, line, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def _record_split(parsed: _Parsed, options: _Options) -> str | None:

@@ -156,22 +156,31 @@ def drawing_from_xy(strokes: Sequence[tuple[Sequence[float], Sequence[float]]]) 
     """Build a validated Drawing from ``[(xs, ys), ...]`` (the ndjson/proto layout)."""
     if strokes is None or len(strokes) == 0:
         raise InvalidDrawingError("strokes", "drawing has no strokes")
-    result: Drawing = []
-    for i, stroke in enumerate(strokes):
-        if len(stroke) < 2:
-            raise InvalidDrawingError(f"strokes[{i}]", "expected x and y lists")
-        xs, ys = stroke[0], stroke[1]
+    result: Drawing = [_xy_points(stroke, i) for i, stroke in enumerate(strokes)]
+    if not all(np.isfinite(points).all() for points in result):
+        _checked_strokes(result)
+    return result
+
+
+def _xy_points(stroke: tuple[Sequence[float], Sequence[float]], index: int) -> np.ndarray:
+    field = f"strokes[{index}]"
+    if len(stroke) < 2:
+        raise InvalidDrawingError(field, "expected x and y lists")
+    xs, ys = stroke[0], stroke[1]
+    try:
+        points = np.array((xs, ys), dtype=np.float64)
+    except (TypeError, ValueError):
+        points = None
+    if points is None or points.ndim != 2:
         for axis, values in (("x", xs), ("y", ys)):
             if np.ndim(values) != 1:
-                raise InvalidDrawingError(f"strokes[{i}].{axis}", "expected a flat list of numbers")
+                raise InvalidDrawingError(f"{field}.{axis}", "expected a flat list of numbers")
         if len(xs) != len(ys):
-            raise InvalidDrawingError(f"strokes[{i}].y", f"has {len(ys)} values but x has {len(xs)}")
-        try:
-            points = np.column_stack([np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)])
-        except (TypeError, ValueError) as err:
-            raise InvalidDrawingError(f"strokes[{i}]", f"not numbers ({err})") from None
-        result.append(_stroke_array(points, i))
-    return result
+            raise InvalidDrawingError(f"{field}.y", f"has {len(ys)} values but x has {len(xs)}")
+        raise InvalidDrawingError(field, "x and y must be lists of numbers")
+    if points.shape[1] == 0:
+        raise InvalidDrawingError(field, "stroke has no points")
+    return points.T
 
 
 @dataclass(frozen=True)
