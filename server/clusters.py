@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,11 +63,3 @@ def parse_clusters(document: dict[str, Any], latent_size: int) -> ClusterTable:
     ]
     prototypes = [None if p is None else _stroke3(p, f"prototypes[{c}]") for c, p in enumerate(prototype_list)]
     return ClusterTable(centroids, sizes, exemplars, prototypes)
-
-
-def load_clusters(model_dir: Path, latent_size: int) -> ClusterTable | None:
-    """The artifact's clusters, or None when it has no clusters.json."""
-    path = Path(model_dir) / CLUSTERS_FILE
-    if not path.exists():
-        return None
-    return parse_clusters(json.loads(path.read_text()), latent_size)

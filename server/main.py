@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sketchserve.pb.sketch.v1 import sketch_pb2_grpc
-from sketchserve.server.clusters import load_clusters
+from sketchserve.server.clusters import parse_clusters
 from sketchserve.server.config import ConfigError, ServerConfig, config_from_args
 from sketchserve.server.errors import StatusInterceptor
 from sketchserve.server.logs import configure_logging, fields
@@ -53,7 +53,7 @@ def _load_state(cfg: ServerConfig, metrics: ServerMetrics) -> ServingState:
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     model = load_model(cfg.model_dir, cfg.device)
-    clusters = load_clusters(cfg.model_dir, model.spec.latent_size)
+    clusters = None if model.clusters is None else parse_clusters(model.clusters, model.spec.latent_size)
     if cfg.warmup:
         model.warm_up(tuple(sorted({1, cfg.max_batch_size})))
     engine = SketchEngine(model, cfg, observer=metrics)

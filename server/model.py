@@ -105,7 +105,7 @@ class SketchModel:
         self.encoder = artifact.encoder
         self.decoder = artifact.decoder
         self.manifest: dict = artifact.manifest
-        self.clusters: dict | None = getattr(artifact, "clusters", None)
+        self.clusters: dict | None = artifact.clusters
         self.device = device
         self.pin = device.type == "cuda"
         self.spec = ModelSpec(
@@ -162,13 +162,8 @@ def warmup_batch(batch: int) -> Stroke5Batch:
 
 
 def load_model(model_dir: Path, device_name: str) -> SketchModel:
-    """Verify checksums, load both modules on the device and set inference-only numerics."""
+    """Verify checksums and load both modules on the device (``load_artifact`` turns TF32 off on CUDA)."""
     device = resolve_device(device_name)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
         torch.cuda.set_device(device)
-    artifact = load_artifact(Path(model_dir), device)
-    for module in (artifact.encoder, artifact.decoder):
-        module.eval()
-    return SketchModel(artifact, device)
+    return SketchModel(load_artifact(Path(model_dir), device), device)

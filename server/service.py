@@ -51,18 +51,19 @@ def _sketch_error(index: int, sketch: sketch_pb2.Sketch, prefix: str, field: str
     return InvalidRequest(f"{path} (id {sketch.id!r})" if sketch.id else path, message)
 
 
-def check_count(count: int, limit: int, field: str, noun: str) -> None:
+def check_count(count: int, limit: int, field: str, prefix: str = "") -> None:
+    """``field`` (``sketches`` or ``latents``) holds between 1 and ``limit`` entries."""
     if count == 0:
-        raise InvalidRequest(field, f"empty request: give at least one {noun}")
+        raise InvalidRequest(prefix + field, f"empty request: no {field} given")
     if count > limit:
-        raise InvalidRequest(field, f"{count} {noun}s in one request, at most {limit}; split the input")
+        raise InvalidRequest(prefix + field, f"{count} {field} in one request, at most {limit}; split the input")
 
 
 def sketches_to_stroke3(
     sketches: Sequence[sketch_pb2.Sketch], *, max_points: int, limit: int, prefix: str = ""
 ) -> list[np.ndarray]:
     """Validate and preprocess proto sketches into canonical stroke-3, or raise InvalidRequest."""
-    check_count(len(sketches), limit, f"{prefix}sketches", "sketch")
+    check_count(len(sketches), limit, "sketches", prefix)
     drawings = []
     for i, sketch in enumerate(sketches):
         try:
@@ -78,7 +79,7 @@ def sketches_to_stroke3(
 
 
 def latents_to_array(latents: Sequence[sketch_pb2.Embedding], latent_size: int, limit: int) -> np.ndarray:
-    check_count(len(latents), limit, "latents", "latent")
+    check_count(len(latents), limit, "latents")
     rows = []
     for i, latent in enumerate(latents):
         mu = np.asarray(latent.mu, dtype=np.float32)

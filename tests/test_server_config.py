@@ -1,0 +1,50 @@
+"""ServerConfig: a flag beats the environment beats the default; bad values name the flag or variable."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sketchserve.server.config import ConfigError, ServerConfig, config_from_args, env_name, flag_name
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_flag_beats_environment_beats_default() -> None:
+    env = {"SKETCHSERVE_PORT": "7000", "SKETCHSERVE_MAX_BATCH_SIZE": "7", "SKETCHSERVE_WARMUP": "false"}
+    cfg = config_from_args(["--port", "6000", "--model", "m"], env)
+    assert cfg.port == 6000
+    assert cfg.max_batch_size == 7
+    assert cfg.warmup is False
+    assert cfg.model_dir == Path("m")
+    assert cfg.max_delay_ms == ServerConfig().max_delay_ms
+
+
+def test_every_field_has_a_flag_and_a_variable() -> None:
+    for f in dataclasses.fields(ServerConfig):
+        assert f.metadata["help"], f.name
+        assert env_name(f.name) == "SKETCHSERVE_" + f.name.upper()
+        assert flag_name(f.name).startswith("--")
+    cfg = config_from_args([], {"SKETCHSERVE_MODEL_DIR": "/models/x", "SKETCHSERVE_PORT_FILE": "/tmp/p"})
+    assert cfg.model_dir == Path("/models/x") and cfg.port_file == Path("/tmp/p")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--max-batch-size", "0"], {}, "--max-batch-size must be at least 1"),
+        (["--device", "tpu"], {}, "--device must be auto | cpu | cuda | cuda:N"),
+        ([], {"SKETCHSERVE_PORT": "eighty"}, "SKETCHSERVE_PORT='eighty'"),
+        (["--max-queue", "4", "--max-sketches-per-request", "8"], {}, "must not exceed --max-queue"),
+        (["--max-delay-ms", "-1"], {}, "--max-delay-ms must be >= 0"),
+    ],
+)
+def test_bad_values_are_refused_with_their_name(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("|", r"\|")):
+        config_from_args(argv, env)
+
+
+def test_cuda_index_is_a_valid_device() -> None:
+    assert config_from_args(["--device", "cuda:1"], {}).device == "cuda:1"

@@ -1,0 +1,198 @@
+"""Every input error gets its status and a message naming the sketch and field; none wedges the server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+import grpc
+import numpy as np
+import pytest
+
+from server_fixtures import (  # noqa: F401 - fixtures used by name
+    CALL_TIMEOUT_S,
+    SHARED_MAX_MESSAGE_BYTES,
+    SHARED_MAX_SKETCHES,
+    RunningServer,
+    random_sketches,
+    shared_server,
+    tiny_model,
+)
+from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
+from sketchserve.server.batching import DeadlineDropped, QueueFull
+from sketchserve.server.errors import INTERNAL_MESSAGE, InvalidRequest, StatusInterceptor, map_exception
+
+pytestmark = pytest.mark.timeout(120)
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+# A zig-zag that survives simplification with far more points than any model accepts.
+LONG_ZIGZAG_POINTS = 2000
+
+
+def stroke(x: list[float], y: list[float]) -> sketch_pb2.Stroke:
+    return sketch_pb2.Stroke(x=x, y=y)
+
+
+def sketch(*strokes: sketch_pb2.Stroke, sketch_id: str = "") -> sketch_pb2.Sketch:
+    return sketch_pb2.Sketch(strokes=list(strokes), id=sketch_id)
+
+
+GOOD = sketch(stroke([0, 10, 20], [0, 15, 3]), stroke([5, 6], [30, 40]))
+
+
+def zigzag(points: int) -> sketch_pb2.Sketch:
+    xs = [float(i) for i in range(points)]
+    ys = [float((i % 2) * points) for i in range(points)]
+    return sketch(stroke(xs, ys))
+
+
+def with_good(*bad: sketch_pb2.Sketch) -> list[sketch_pb2.Sketch]:
+    """Bad sketches after three good ones, so the index in the message matters."""
+    return [GOOD, GOOD, GOOD, *bad]
+
+
+ENCODE_CASES = {
+    "empty request": ([], "sketches: empty request: no sketches given"),
+    "too many sketches": ([GOOD] * (SHARED_MAX_SKETCHES + 1), f"sketches: {SHARED_MAX_SKETCHES + 1} sketches in one request, at most {SHARED_MAX_SKETCHES}"),
+    "empty sketch": (with_good(sketch()), "sketches[3].strokes: drawing has no strokes"),
+    "empty stroke": (with_good(sketch(stroke([1], [1]), stroke([], []))), "sketches[3].strokes[1]: stroke has no points"),
+    "x/y mismatch": (with_good(sketch(stroke([1], [1]), stroke([1, 2, 3, 4, 5], [1, 2, 3, 4]))), "sketches[3].strokes[1].y: has 4 values but x has 5"),
+    "NaN": (with_good(sketch(stroke([1, math.nan], [1, 2]))), "sketches[3].strokes[0].x: value nan at point 1 is not finite"),
+    "infinity": (with_good(sketch(stroke([1, 2], [1, math.inf]))), "sketches[3].strokes[0].y: value inf at point 1 is not finite"),
+    "id echoed": (with_good(sketch(sketch_id="cat-7")), "sketches[3].strokes (id 'cat-7'): drawing has no strokes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENCODE_CASES))
+def test_encode_rejects_bad_input(shared_server: RunningServer, case: str) -> None:
+    sketches, message = ENCODE_CASES[case]
+    for method, request in (
+        ("Encode", sketch_pb2.EncodeRequest(sketches=sketches)),
+        ("Score", sketch_pb2.ScoreRequest(sketches=sketches)),
+        ("Reconstruct", sketch_pb2.ReconstructRequest(sketches=sketches)),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(shared_server.stub, method)(request, timeout=CALL_TIMEOUT_S)
+        assert caught.value.code() == INVALID, method
+        assert caught.value.details().startswith(message), method
+    assert len(shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=[GOOD]), timeout=CALL_TIMEOUT_S).embeddings) == 1
+
+
+def test_too_many_points_after_simplification(shared_server: RunningServer) -> None:
+    max_points = shared_server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest()).max_points
+    with pytest.raises(grpc.RpcError) as caught:
+        shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=with_good(zigzag(max_points + 50))), timeout=CALL_TIMEOUT_S)
+    assert caught.value.code() == INVALID
+    assert caught.value.details().startswith("sketches[3]: ")
+    assert caught.value.details().endswith(f"points after simplification, the model accepts at most {max_points}")
+
+
+def test_oversized_message_is_resource_exhausted(shared_server: RunningServer) -> None:
+    points = SHARED_MAX_MESSAGE_BYTES // 8 + 100
+    huge = sketch(stroke([float(i) for i in range(points)], [0.0] * points))
+    with pytest.raises(grpc.RpcError) as caught:
+        shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=[huge]), timeout=CALL_TIMEOUT_S)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def latent(size: int, value: float = 0.1) -> sketch_pb2.Embedding:
+    return sketch_pb2.Embedding(mu=[value] * size)
+
+
+def reconstruct_cases(latent_size: int, max_points: int) -> dict[str, tuple[sketch_pb2.ReconstructRequest, str]]:
+    ok = [latent(latent_size)]
+    return {
+        "both inputs": (sketch_pb2.ReconstructRequest(sketches=[GOOD], latents=ok), "latents: give either sketches or latents"),
+        "no input": (sketch_pb2.ReconstructRequest(), "sketches: empty request"),
+        "latent size": (sketch_pb2.ReconstructRequest(latents=ok + [latent(latent_size + 1)]), f"latents[1].mu: has {latent_size + 1} values"),
+        "latent NaN": (sketch_pb2.ReconstructRequest(latents=[latent(latent_size, math.nan)]), "latents[0].mu: holds NaN"),
+        "too many latents": (sketch_pb2.ReconstructRequest(latents=ok * (SHARED_MAX_SKETCHES + 1)), "latents: 17 latents in one request"),
+        "hot": (sketch_pb2.ReconstructRequest(latents=ok, temperature=2.5), "temperature: 2.5 is outside [0, 2]"),
+        "cold": (sketch_pb2.ReconstructRequest(latents=ok, temperature=-0.1), "temperature: "),
+        "NaN temperature": (sketch_pb2.ReconstructRequest(latents=ok, temperature=math.nan), "temperature: nan"),
+        "max_points": (sketch_pb2.ReconstructRequest(latents=ok, max_points=max_points + 1), f"max_points: {max_points + 1} exceeds"),
+    }
+
+
+def test_reconstruct_rejects_bad_parameters(shared_server: RunningServer) -> None:
+    model = shared_server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest())
+    for case, (request, message) in reconstruct_cases(model.latent_size, model.max_points).items():
+        with pytest.raises(grpc.RpcError) as caught:
+            shared_server.stub.Reconstruct(request, timeout=CALL_TIMEOUT_S)
+        assert caught.value.code() == INVALID, case
+        assert caught.value.details().startswith(message), case
+
+
+def test_encode_stream_error_names_the_request(shared_server: RunningServer) -> None:
+    requests = [sketch_pb2.EncodeRequest(sketches=[GOOD]), sketch_pb2.EncodeRequest(sketches=[GOOD, sketch()])]
+    responses = shared_server.stub.EncodeStream(iter(requests), timeout=CALL_TIMEOUT_S)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(responses)
+    assert caught.value.code() == INVALID
+    assert caught.value.details() == "requests[1].sketches[1].strokes: drawing has no strokes"
+
+
+def test_status_mapping_table() -> None:
+    cases = {
+        InvalidRequest("sketches", "x"): grpc.StatusCode.INVALID_ARGUMENT,
+        QueueFull("busy"): grpc.StatusCode.RESOURCE_EXHAUSTED,
+        DeadlineDropped("late"): grpc.StatusCode.DEADLINE_EXCEEDED,
+        KeyError("bug"): grpc.StatusCode.INTERNAL,
+    }
+    for exc, code in cases.items():
+        assert map_exception(exc).code == code
+    assert map_exception(KeyError("secret")).message == INTERNAL_MESSAGE
+
+
+class Exploding(sketch_pb2_grpc.SketchServiceServicer):
+    """A servicer with a bug in every method, to show the interceptor turns any error into INTERNAL."""
+
+    async def Encode(self, request, context):  # noqa: N802 - gRPC method name
+        raise KeyError("bug in Encode")
+
+    async def EncodeStream(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        yield sketch_pb2.EncodeResponse(model_version="first")
+        raise KeyError("bug in EncodeStream")
+
+
+def test_unexpected_errors_are_internal_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[tuple[str, str]] = []
+
+    async def scenario() -> list[grpc.StatusCode]:
+        server = grpc.aio.server(interceptors=[StatusInterceptor(lambda m, c, s: calls.append((m, c)))])
+        sketch_pb2_grpc.add_SketchServiceServicer_to_server(Exploding(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        codes = []
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = sketch_pb2_grpc.SketchServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Encode(sketch_pb2.EncodeRequest(), timeout=CALL_TIMEOUT_S)
+            codes.append(caught.value.code())
+            assert caught.value.details() == INTERNAL_MESSAGE
+            stream = stub.EncodeStream(iter([sketch_pb2.EncodeRequest()]), timeout=CALL_TIMEOUT_S)
+            assert (await stream.read()).model_version == "first"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stream.read()
+            codes.append(caught.value.code())
+        await server.stop(0)
+        return codes
+
+    with caplog.at_level(logging.ERROR, logger="sketchserve.server.errors"):
+        codes = asyncio.run(scenario())
+    assert codes == [grpc.StatusCode.INTERNAL, grpc.StatusCode.INTERNAL]
+    assert sorted(calls) == [("Encode", "INTERNAL"), ("EncodeStream", "INTERNAL")]
+    logged = [r for r in caplog.records if r.getMessage() == "unexpected error"]
+    assert len(logged) == 2 and all(r.exc_info for r in logged)
+
+
+def test_no_input_wedges_the_server(shared_server: RunningServer) -> None:
+    rng = np.random.default_rng(0)
+    garbage = [
+        sketch(stroke(rng.normal(size=n).tolist(), rng.normal(size=n).tolist()))
+        for n in (1, 2, 3)
+    ] + [sketch(stroke([0.0], [0.0]), stroke([0.0], [0.0])), sketch(stroke([1e30, -1e30], [1e-30, 3.0]))]
+    response = shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=garbage), timeout=CALL_TIMEOUT_S)
+    assert np.isfinite([list(e.mu) for e in response.embeddings]).all()
+    assert len(shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=random_sketches(1, 2))).embeddings) == 2

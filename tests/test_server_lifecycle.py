@@ -1,0 +1,168 @@
+"""Server lifecycle: health transitions, dropped deadlines, a full queue, startup failure, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server_fixtures import (  # noqa: F401 - fixtures used by name
+    CALL_TIMEOUT_S,
+    RunningServer,
+    random_sketches,
+    running_server,
+    server_config,
+    tiny_model,
+)
+from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
+from sketchserve.server.main import serve
+
+pytestmark = pytest.mark.timeout(120)
+
+SERVICE = "sketch.v1.SketchService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Queued calls wait this long for company: long enough to act on them while they wait.
+SLOW_FLUSH_MS = 1500.0
+# Far below SLOW_FLUSH_MS: such a call's deadline passes while it is queued.
+SHORT_DEADLINE_S = 0.3
+SLOW_QUEUE = 8
+IN_FLIGHT_CALLS = 6
+
+
+def check(server: RunningServer, service: str = SERVICE) -> int:
+    stub = health_pb2_grpc.HealthStub(server.channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=CALL_TIMEOUT_S).status
+
+
+def encode_request(seed: int, count: int) -> sketch_pb2.EncodeRequest:
+    return sketch_pb2.EncodeRequest(sketches=random_sketches(seed, count))
+
+
+def test_health_is_not_serving_until_warm_and_while_draining(tiny_model: Path) -> None:
+    with running_server(server_config(tiny_model), load=False) as server:
+        assert check(server) == NOT_SERVING
+        assert check(server, "") == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as caught:
+            server.stub.Encode(encode_request(0, 1), timeout=CALL_TIMEOUT_S)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "warming up" in caught.value.details()
+        server.run(server.built.load())
+        assert check(server) == SERVING
+        watch = health_pb2_grpc.HealthStub(server.channel).Watch(
+            health_pb2.HealthCheckRequest(service=SERVICE), timeout=CALL_TIMEOUT_S
+        )
+        assert next(watch).status == SERVING
+        stopping = asyncio.run_coroutine_threadsafe(server.built.stop(1.0), server.loop)
+        assert next(watch).status == NOT_SERVING
+        stopping.result(CALL_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def slow_server(tiny_model: Path) -> Iterator[RunningServer]:
+    """Batches of 8 that otherwise wait SLOW_FLUSH_MS; a queue of 8."""
+    cfg = server_config(
+        tiny_model, max_batch_size=SLOW_QUEUE, max_queue=SLOW_QUEUE, max_sketches_per_request=SLOW_QUEUE,
+        max_delay_ms=SLOW_FLUSH_MS,
+    )
+    with running_server(cfg) as server:
+        yield server
+
+
+def dropped(server: RunningServer) -> float:
+    return sum(server.metric("sketchserve_dropped_items_total", batcher="encode", reason=r) for r in ("cancelled", "deadline"))
+
+
+def test_a_call_whose_deadline_passes_while_queued_costs_no_compute(slow_server: RunningServer) -> None:
+    computed = slow_server.metric("sketchserve_batch_size_sum", batcher="encode")
+    dropped_before = dropped(slow_server)
+    with pytest.raises(grpc.RpcError) as caught:
+        slow_server.stub.Encode(encode_request(1, 1), timeout=SHORT_DEADLINE_S)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    slow_server.stub.Encode(encode_request(2, 1), timeout=CALL_TIMEOUT_S)
+    assert slow_server.metric("sketchserve_batch_size_sum", batcher="encode") - computed == 1
+    assert dropped(slow_server) - dropped_before == 1
+
+
+def test_a_full_queue_fails_fast_with_resource_exhausted(slow_server: RunningServer) -> None:
+    """5 + 4 sketches do not fit a queue of 8: whichever call comes second is refused at once."""
+    sizes = (5, 4)
+    futures = [slow_server.stub.Encode.future(encode_request(3 + i, n), timeout=CALL_TIMEOUT_S) for i, n in enumerate(sizes)]
+    served, refused = [], []
+    for size, future in zip(sizes, futures):
+        try:
+            assert len(future.result().embeddings) == size
+            served.append(size)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert err.details().startswith("server busy: the encode queue holds")
+            refused.append(size)
+    assert len(served) == 1 and len(refused) == 1
+
+
+def test_startup_fails_cleanly_on_a_corrupt_artifact(tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    with (broken / "encoder.pt").open("ab") as handle:
+        handle.write(b"tampered")
+    with caplog.at_level(logging.ERROR, logger="sketchserve.server.main"):
+        code = asyncio.run(serve(server_config(broken)))
+    assert code == 1
+    failures = [r for r in caplog.records if r.getMessage() == "startup failed"]
+    assert len(failures) == 1 and "encoder.pt" in failures[0].kv["error"]
+
+
+def read_until(stream, pattern: re.Pattern[str], count: int = 1) -> re.Match[str]:
+    """Read log lines until ``pattern`` has matched ``count`` lines; the last match."""
+    found = None
+    for _ in range(count):
+        for line in stream:
+            found = pattern.search(line)
+            if found:
+                break
+        else:
+            raise AssertionError(f"server log ended before {pattern.pattern!r}")
+    return found
+
+
+def test_sigterm_finishes_every_accepted_call_and_exits_zero(tiny_model: Path) -> None:
+    command = [
+        sys.executable, "-m", "sketchserve.cli", "serve", "--model", str(tiny_model), "--host", "127.0.0.1",
+        "--port", "0", "--metrics-port", "-1", "--torch-threads", "1", "--max-batch-size", "64",
+        "--max-delay-ms", "1000", "--log-level", "DEBUG", "--grace-seconds", "30",
+    ]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        port = read_until(proc.stderr, re.compile(r"event=serving port=(\d+)")).group(1)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = sketch_pb2_grpc.SketchServiceStub(channel)
+            requests: queue.Queue = queue.Queue()
+            requests.put(encode_request(10, 2))
+            stream = stub.EncodeStream(iter(requests.get, None), timeout=CALL_TIMEOUT_S)
+            assert len(next(stream).embeddings) == 2
+            unary = [stub.Encode.future(encode_request(11 + i, 1), timeout=CALL_TIMEOUT_S) for i in range(IN_FLIGHT_CALLS)]
+            read_until(proc.stderr, re.compile(r"event=\"call accepted\" method=Encode\b"), IN_FLIGHT_CALLS)
+            proc.send_signal(signal.SIGTERM)
+            read_until(proc.stderr, re.compile(r"event=draining"))
+            requests.put(encode_request(20, 3))
+            requests.put(None)
+            assert [len(r.embeddings) for r in stream] == [3]
+            assert [len(f.result().embeddings) for f in unary] == [1] * IN_FLIGHT_CALLS
+        _, rest = proc.communicate(timeout=CALL_TIMEOUT_S)
+        assert proc.returncode == 0, rest
+        assert "event=stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
