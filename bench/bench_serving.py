@@ -1,0 +1,345 @@
+"""Serving benchmark: throughput and latency of the gRPC server against its limits.
+
+    .venv/bin/python bench/bench_serving.py [--model DIR] [--quick] [--out FILE.md]
+
+In one run, side by side:
+
+- the server (`sketchserve serve` subprocess on 127.0.0.1, default batching) under
+  a closed-loop load generator in a separate process (bench/serving_load.py):
+  calls/s, sketches/s, p50/p99 latency and the mean batch size the server
+  formed (from its Prometheus metrics), for Encode and Reconstruct at each
+  concurrency and sketches-per-call;
+- the same server with batching off (`--max-batch-size 1`), same grid;
+- the limit: the artifact called in-process (bench/serving_inprocess.py) at the
+  batch size the server formed at the highest concurrency, and at batch 1.
+
+It prints a markdown table and the goal ratios of issue 5 (served/in-process,
+batched/unbatched, p50 at concurrency 1 minus the in-process single-sketch
+time). The model is ``--model``, else the bundled ``models/face``, else a
+random artifact of the default size (same compute as a trained one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import multiprocessing
+from multiprocessing.pool import Pool
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from serving_load import ENCODE, RECONSTRUCT, CellResult, CellSpec, run_cell
+from serving_server import ServerProcess
+from sketchserve import data, strokes
+from sketchserve.artifact import read_manifest
+from sketchserve.client.convert import sketch_to_pb
+from sketchserve.client.types import Sketch
+
+log = logging.getLogger("bench_serving")
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED_MODEL = REPO / "models" / "face"
+DATA_FILE = REPO.parent / "shared" / "data" / "sketchrnn" / "face.npz"
+DATA_ENV = "SKETCHSERVE_DATA"
+POOL_SKETCHES = 256  # distinct drawings the requests are made of
+SYNTHETIC_POINTS = 40  # points of a synthetic zig-zag drawing when no real data is present
+METHODS = (ENCODE, RECONSTRUCT)
+BATCHER = {ENCODE: "encode", RECONSTRUCT: "decode"}  # the batcher whose batch size a method's row reports
+CELL_TIMEOUT_SLACK_S = 60.0  # the worker process's answer may take this long past its window
+QUEUE_HEADROOM = 2  # --max-queue = headroom x the most sketches the load keeps outstanding
+GOALS_SERVED_VS_LIMIT = {1: 0.6, 32: 0.9}  # sketches per call -> served/in-process goal (Encode, top concurrency)
+GOAL_BATCHING = {ENCODE: 2.5, RECONSTRUCT: 8.0}  # batched/unbatched sketches/s at the top concurrency
+GOAL_P50_EXTRA_MS = 1.0  # p50 at concurrency 1 may exceed the in-process single-sketch time by this much
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: Path | None  # None: models/face, else a random default-size artifact
+    concurrency: tuple[int, ...]
+    sketches_per_call: tuple[int, ...]
+    warmup_s: float
+    duration_s: float
+    max_calls: int
+    max_points: int  # Reconstruct output length: the issue's figures are for 100-step decodes
+    torch_threads: int  # server and in-process alike (the server's default is 1)
+    out: Path | None
+
+
+@dataclass(frozen=True)
+class Row:
+    server: str  # "batched" or "unbatched"
+    method: str
+    concurrency: int
+    sketches_per_call: int
+    result: CellResult
+    mean_batch: float
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    measured: float
+    target: str
+    met: bool
+
+
+def parse_args(argv: Sequence[str]) -> BenchConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="artifact directory (default: models/face or random)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 0.1 s warm-up, 0.3 s windows")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds of load before each window (default 1)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds measured per cell (default 4)")
+    parser.add_argument("--max-calls", type=int, default=None, help="calls per cell at most (default 100000)")
+    parser.add_argument("--concurrency", default="1,8,64", help="comma-separated (default %(default)s)")
+    parser.add_argument("--sketches-per-call", default="1,32", help="comma-separated (default %(default)s)")
+    parser.add_argument("--max-points", type=int, default=100, help="Reconstruct output points (default %(default)s)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="server and in-process (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
+    args = parser.parse_args(list(argv))
+    quick = args.quick
+    config = BenchConfig(
+        model=args.model,
+        concurrency=_ints(args.concurrency, "--concurrency"),
+        sketches_per_call=_ints(args.sketches_per_call, "--sketches-per-call"),
+        warmup_s=args.warmup if args.warmup is not None else (0.1 if quick else 1.0),
+        duration_s=args.duration if args.duration is not None else (0.3 if quick else 4.0),
+        max_calls=args.max_calls if args.max_calls is not None else (200 if quick else 100_000),
+        max_points=args.max_points,
+        torch_threads=args.torch_threads,
+        out=args.out,
+    )
+    if config.duration_s <= 0 or config.warmup_s < 0 or config.max_calls < 1 or config.max_points < 1:
+        parser.error("--duration and --max-calls and --max-points must be positive, --warmup >= 0")
+    return config
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise SystemExit(f"bench_serving: {flag} takes comma-separated integers, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise SystemExit(f"bench_serving: {flag} needs positive integers, got {text!r}")
+    return values
+
+
+def _data_file() -> Path:
+    override = os.environ.get(DATA_ENV)
+    return Path(override) / "sketchrnn" / "face.npz" if override else DATA_FILE
+
+
+def _zigzag(index: int) -> np.ndarray:
+    """A synthetic stroke-3 drawing (used only where the real data is absent)."""
+    rng = np.random.default_rng(index)
+    s3 = np.zeros((SYNTHETIC_POINTS, 3), dtype=np.float32)
+    s3[:, :2] = rng.normal(0.0, 10.0, size=(SYNTHETIC_POINTS, 2))
+    s3[SYNTHETIC_POINTS // 2 - 1 :: SYNTHETIC_POINTS // 2, 2] = 1.0
+    return s3
+
+
+@dataclass(frozen=True)
+class Drawings:
+    sketches: list[Sketch]  # as sent
+    canonical: list[np.ndarray]  # as the model sees them (the server's preprocessing)
+    source: str
+
+
+def load_drawings(max_points: int) -> Drawings:
+    """Real faces (all splits) when present, else synthetic ones; those the model accepts (<= max_points)."""
+    path = _data_file()
+    if path.exists():
+        candidates = [Sketch.from_stroke3(r.stroke3) for r in data.iter_drawings([path], canonical=False)]
+        source = f"real faces from {path.name}"
+    else:
+        candidates = [Sketch.from_stroke3(_zigzag(i)) for i in range(POOL_SKETCHES)]
+        source = "synthetic zig-zags (no real data found)"
+    canonical = strokes.preprocess_many([list(s.strokes) for s in candidates])
+    kept = [i for i, s3 in enumerate(canonical) if len(s3) <= max_points][:POOL_SKETCHES]
+    if not kept:
+        raise SystemExit(f"bench_serving: no drawing fits the model's {max_points} points")
+    mean_points = np.mean([len(canonical[i]) for i in kept])
+    return Drawings(
+        [candidates[i] for i in kept], [canonical[i] for i in kept],
+        f"{len(kept)} {source} (mean {mean_points:.0f} points after preprocessing)",
+    )
+
+
+def resolve_model(config: BenchConfig, scratch: Path) -> Path:
+    if config.model is not None:
+        return config.model
+    if (BUNDLED_MODEL / "manifest.json").exists():
+        return BUNDLED_MODEL
+    from sketchserve.training.export import make_random_artifact
+
+    log.info("no models/face: making a random artifact of the default size")
+    return make_random_artifact(scratch / "random", seed=0, tiny=False)
+
+
+def run_grid(
+    pool: Pool, server: ServerProcess, name: str, config: BenchConfig, sketches: tuple[bytes, ...]
+) -> list[Row]:
+    rows = []
+    for method in METHODS:
+        for concurrency in config.concurrency:
+            for per_call in config.sketches_per_call:
+                spec = CellSpec(
+                    server.target, method, concurrency, per_call, sketches, config.warmup_s, config.duration_s,
+                    config.max_calls, config.max_points,
+                )
+                before = server.batch_totals(BATCHER[method])
+                timeout = config.warmup_s + config.duration_s + CELL_TIMEOUT_SLACK_S
+                result = pool.apply_async(run_cell, (spec,)).get(timeout=timeout)
+                mean_batch = server.batch_totals(BATCHER[method]).mean_since(before)
+                rows.append(Row(name, method, concurrency, per_call, result, mean_batch))
+                log.info("%s %s c=%d k=%d: %.1f sketches/s", name, method, concurrency, per_call, result.sketches_per_s)
+    return rows
+
+
+def served(config: BenchConfig, model_dir: Path, sketches: tuple[bytes, ...]) -> list[Row]:
+    most_outstanding = max(config.concurrency) * max(config.sketches_per_call)
+    common = [
+        "--torch-threads", str(config.torch_threads),
+        "--max-queue", str(max(QUEUE_HEADROOM * most_outstanding, max(config.sketches_per_call))),
+        "--max-sketches-per-request", str(max(config.sketches_per_call)),
+    ]
+    rows: list[Row] = []
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        for name, extra in (("batched", []), ("unbatched", ["--max-batch-size", "1"])):
+            with ServerProcess(model_dir, common + extra) as server:
+                rows += run_grid(pool, server, name, config, sketches)
+    return rows
+
+
+def in_process(config: BenchConfig, model_dir: Path, canonical: list[np.ndarray], rows: list[Row]) -> dict:
+    """In-process results keyed by (method, batch size): batch 1 and each batch size formed at the top concurrency."""
+    from serving_inprocess import load, measure
+
+    model = load(model_dir, config.torch_threads)
+    top = max(config.concurrency)
+    results = {}
+    for method in METHODS:
+        sizes = {1} | {
+            max(1, round(r.mean_batch))
+            for r in rows
+            if r.server == "batched" and r.method == method and r.concurrency == top and math.isfinite(r.mean_batch)
+        }
+        for size in sorted(sizes):
+            results[(method, size)] = measure(
+                model, method, canonical, size, min_seconds=config.duration_s / 2, max_points=config.max_points
+            )
+    return results
+
+
+def _find(rows: list[Row], server: str, method: str, concurrency: int, per_call: int) -> Row | None:
+    for row in rows:
+        if (row.server, row.method, row.concurrency, row.sketches_per_call) == (server, method, concurrency, per_call):
+            return row
+    return None
+
+
+def goals(config: BenchConfig, rows: list[Row], limits: dict) -> list[Goal]:
+    top, low = max(config.concurrency), min(config.concurrency)
+    result = []
+    for method in METHODS:
+        for per_call in config.sketches_per_call:
+            row = _find(rows, "batched", method, top, per_call)
+            if row is None or not math.isfinite(row.mean_batch):
+                continue
+            limit = limits[(method, max(1, round(row.mean_batch)))]
+            ratio = row.result.sketches_per_s / limit.sketches_per_s
+            target = GOALS_SERVED_VS_LIMIT.get(per_call) if method == ENCODE else None
+            result.append(
+                Goal(
+                    f"{method} c={top} k={per_call}: served / in-process at batch {limit.batch_size}",
+                    ratio, f">= {target}" if target else "(no goal)", target is None or ratio >= target,
+                )
+            )
+        for per_call in config.sketches_per_call:
+            batched = _find(rows, "batched", method, top, per_call)
+            unbatched = _find(rows, "unbatched", method, top, per_call)
+            if batched is None or unbatched is None or unbatched.result.sketches_per_s == 0:
+                continue
+            speedup = batched.result.sketches_per_s / unbatched.result.sketches_per_s
+            p99_ok = not batched.result.p99_ms > unbatched.result.p99_ms
+            result.append(
+                Goal(
+                    f"{method} c={top} k={per_call}: batched / unbatched (p99 {batched.result.p99_ms:.1f} vs "
+                    f"{unbatched.result.p99_ms:.1f} ms)",
+                    speedup, f">= {GOAL_BATCHING[method]}, p99 no worse", speedup >= GOAL_BATCHING[method] and p99_ok,
+                )
+            )
+        single = _find(rows, "batched", method, low, 1)
+        if single is not None:
+            extra = single.result.p50_ms - limits[(method, 1)].ms_per_batch
+            result.append(
+                Goal(
+                    f"{method} c={low} k=1: p50 {single.result.p50_ms:.2f} ms minus in-process "
+                    f"{limits[(method, 1)].ms_per_batch:.2f} ms",
+                    extra, f"<= {GOAL_P50_EXTRA_MS} ms", extra <= GOAL_P50_EXTRA_MS,
+                )
+            )
+    return result
+
+
+def _errors(result: CellResult) -> str:
+    return ", ".join(f"{code} {n}" for code, n in sorted(result.errors.items())) or "0"
+
+
+def report(config: BenchConfig, conditions: list[str], rows: list[Row], limits: dict, goal_list: list[Goal]) -> str:
+    lines = [*conditions, "", "| server | method | concurrency | sketches/call | calls/s | sketches/s | p50 ms | p99 ms | mean batch | errors |"]
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        c = r.result
+        lines.append(
+            f"| {r.server} | {r.method} | {r.concurrency} | {r.sketches_per_call} | {c.calls_per_s:.1f} | "
+            f"{c.sketches_per_s:.1f} | {c.p50_ms:.2f} | {c.p99_ms:.2f} | {r.mean_batch:.1f} | {_errors(c)} |"
+        )
+    lines += ["", "In-process limit (the artifact, no gRPC):", "", "| method | batch | sketches/s | ms/batch |"]
+    lines.append("|---|---:|---:|---:|")
+    for (method, size), limit in sorted(limits.items()):
+        lines.append(f"| {method} | {size} | {limit.sketches_per_s:.1f} | {limit.ms_per_batch:.2f} |")
+    lines += ["", "Goals (issue 5):", "", "| ratio | measured | goal | met |", "|---|---:|---|---|"]
+    for g in goal_list:
+        lines.append(f"| {g.name} | {g.measured:.2f} | {g.target} | {'yes' if g.met else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    config = parse_args(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = resolve_model(config, Path(scratch))
+        manifest = read_manifest(model_dir)
+        model_max = int(manifest["max_seq_len"])
+        config = replace(config, max_points=min(config.max_points, model_max))
+        drawings = load_drawings(model_max)
+        pool = tuple(sketch_to_pb(s).SerializeToString() for s in drawings.sketches)
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        load_before = os.getloadavg()[0]
+        rows = served(config, model_dir, pool)
+        limits = in_process(config, model_dir, drawings.canonical, rows)
+        conditions = [
+            f"Run {started} on {platform.machine()} with {os.cpu_count()} CPUs, load average {load_before:.2f} "
+            f"before / {os.getloadavg()[0]:.2f} after; model {manifest.get('name')} {manifest.get('version')} "
+            f"({model_dir}); {drawings.source}; torch threads "
+            f"{config.torch_threads}; Reconstruct max_points {config.max_points}; warm-up {config.warmup_s} s, "
+            f"window {config.duration_s} s per cell.",
+        ]
+        text = report(config, conditions, rows, limits, goals(config, rows, limits))
+    sys.stdout.write(text)
+    if config.out is not None:
+        config.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

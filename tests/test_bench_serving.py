@@ -1,0 +1,38 @@
+"""Smoke run of the serving benchmark (--quick) on the tiny random artifact: the whole
+pipeline (server subprocesses, load-generator process, metrics, in-process limit,
+report) runs and reports a row per cell; no speed is asserted here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server_fixtures import tiny_model  # noqa: F401 - fixture used by name
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_TIMEOUT_S = 240  # a generous bound for a loaded 2-core machine; the run takes ~20 s
+
+
+@pytest.mark.timeout(BENCH_TIMEOUT_S + 30)
+def test_quick_serving_benchmark_reports_every_cell(tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    report = tmp_path / "serving.md"
+    command = [
+        sys.executable, str(REPO / "bench" / "bench_serving.py"), "--model", str(tiny_model), "--quick",
+        "--concurrency", "1,2", "--sketches-per-call", "1,2", "--max-points", "16", "--out", str(report),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = report.read_text()
+    assert text == done.stdout
+    rows = [line for line in text.splitlines() if line.startswith(("| batched |", "| unbatched |"))]
+    assert len(rows) == 2 * 2 * 2 * 2  # servers x methods x concurrencies x sketches per call
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[5]) > 0, row  # sketches/s: every cell completed calls
+        assert cells[9] == "0", row  # no failed calls
+    unbatched = [r for r in rows if r.startswith("| unbatched |")]
+    assert all(float(r.strip("|").split("|")[8]) == 1.0 for r in unbatched)  # batching off: batches of 1
+    assert "served / in-process" in text and "batched / unbatched" in text and "p50" in text
