@@ -61,8 +61,9 @@ division by zero, no NaN).
 Agreement with Google: on the 266 drawings of ``../shared/data/raw/`` whose
 simplified twin is present, the canonical form has the twin's point count in
 every stroke for 258 (97%) and is identical to it for 240 (90%); matched points
-lie 0.03 units apart on average (tests/test_strokes.py measures it). The rest
-differ in RDP decisions on points at almost exactly epsilon.
+lie 0.017 units apart on average (tests/test_strokes.py and
+bench/bench_preprocess.py measure it). The rest differ in RDP decisions on
+points at almost exactly epsilon.
 
 Validation (``validate_drawing``, ``drawing_from_xy``) raises
 ``InvalidDrawingError`` naming the field, like ``strokes[2].x``, for: no strokes,
@@ -443,3 +444,38 @@ def augment_stroke3(
     result[:, :2] = np.diff(positions, axis=0, prepend=np.zeros((1, 2))) * scales
     result[:, 2] = array[~drop, 2]
     return result
+
+
+@dataclass(frozen=True)
+class DrawingAgreement:
+    """How closely drawings match their references, pair by pair."""
+
+    pairs: int
+    same_counts: int  # pairs with the reference's point count in every stroke
+    identical: int  # pairs equal point for point
+    mean_distance: float  # mean distance between matched points of the same-count pairs
+
+    @property
+    def same_count_rate(self) -> float:
+        return self.same_counts / self.pairs if self.pairs else 0.0
+
+    @property
+    def identical_rate(self) -> float:
+        return self.identical / self.pairs if self.pairs else 0.0
+
+
+def compare_drawings(drawings: Sequence[Drawing], references: Sequence[Drawing]) -> DrawingAgreement:
+    """Agreement of ``drawings`` with ``references`` (e.g. canonical raw vs Google's simplified)."""
+    if len(drawings) != len(references):
+        raise ValueError(f"{len(drawings)} drawings but {len(references)} references")
+    same_counts = identical = 0
+    distances: list[np.ndarray] = []
+    for ours, theirs in zip(drawings, references):
+        if len(ours) != len(theirs) or any(len(a) != len(b) for a, b in zip(ours, theirs)):
+            continue
+        same_counts += 1
+        delta = np.concatenate(ours) - np.concatenate(theirs)
+        identical += int(not delta.any())
+        distances.append(np.hypot(delta[:, 0], delta[:, 1]))
+    mean = float(np.concatenate(distances).mean()) if distances else float("nan")
+    return DrawingAgreement(len(drawings), same_counts, identical, mean)

@@ -1,0 +1,94 @@
+"""Throughput of canonical preprocessing on one core, and agreement with Google.
+
+    .venv/bin/python bench/bench_preprocess.py [--data ../shared/data] [--repeats 5]
+
+Pins the process to one CPU and one BLAS/OpenMP thread, loads the simplified
+ndjson drawings (8,600 in ../shared/data), and times ``strokes.preprocess_many``
+(the batched path the loaders and the server use) and ``strokes.preprocess``
+one drawing at a time; the best of ``--repeats`` runs counts. Then it measures
+how the canonical form of every raw drawing agrees with its simplified twin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ONE_BY_ONE_SAMPLE = 2000  # drawings timed through the single-drawing path
+
+
+def _pin_to_one_core() -> None:
+    for name in SINGLE_THREAD_ENV:
+        os.environ[name] = "1"
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def _best_seconds(run: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _read_xy(path: Path) -> list[tuple[str, list]]:
+    with path.open() as handle:
+        return [(rec["key_id"], [(s[0], s[1]) for s in rec["drawing"]]) for rec in map(json.loads, handle)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("SKETCHSERVE_DATA", DEFAULT_DATA)))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    _pin_to_one_core()
+    from sketchserve import strokes  # after pinning, so numpy starts single-threaded
+
+    simplified = sorted((args.data / "simplified").glob("*.ndjson"))
+    if not simplified:
+        sys.stderr.write(f"no simplified ndjson under {args.data}\n")
+        return 1
+    drawings = [strokes.drawing_from_xy(xy) for path in simplified for _, xy in _read_xy(path)]
+    sample = drawings[:ONE_BY_ONE_SAMPLE]
+    batched = _best_seconds(lambda: strokes.preprocess_many(drawings), args.repeats)
+    single = _best_seconds(lambda: [strokes.preprocess(d) for d in sample], args.repeats)
+
+    twins: list[strokes.Drawing] = []
+    raws: list[strokes.Drawing] = []
+    for raw_path in sorted((args.data / "raw").glob("*.ndjson")):
+        reference = dict(_read_xy(args.data / "simplified" / raw_path.name))
+        for key, xy in _read_xy(raw_path):
+            if key in reference:
+                twins.append(strokes.drawing_from_xy(reference[key]))
+                raws.append(strokes.drawing_from_xy(xy))
+    agreement = strokes.compare_drawings(strokes.canonicalize_many(raws), twins)
+
+    rows = [
+        ("drawings (simplified ndjson)", f"{len(drawings)}"),
+        ("preprocess_many, drawings/s", f"{len(drawings) / batched:,.0f}"),
+        ("preprocess one by one, drawings/s", f"{len(sample) / single:,.0f}"),
+        ("raw/simplified pairs", f"{agreement.pairs}"),
+        ("same point count in every stroke", f"{agreement.same_counts} ({agreement.same_count_rate:.1%})"),
+        ("identical to Google's simplified", f"{agreement.identical} ({agreement.identical_rate:.1%})"),
+        ("mean distance of matched points", f"{agreement.mean_distance:.3f} units (0-255 frame)"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    out = [f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}"]
+    out.append(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, 1 core")
+    out += [f"{name.ljust(width)}  {value}" for name, value in rows]
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
