@@ -1,0 +1,150 @@
+"""The typed clients against a real server on port 0 (tiny random artifact with clusters)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from server_fixtures import (  # noqa: F401 - fixtures used by name
+    SHARED_MAX_SKETCHES,
+    RunningServer,
+    clustered_model,
+    clustered_server,
+    random_sketches,
+    running_server,
+    server_config,
+    tiny_model,
+)
+from sketchserve.client import AsyncSketchClient, Sampling, Sketch, SketchClient, SketchServiceError
+from sketchserve.client.convert import sketch_from_pb
+
+pytestmark = pytest.mark.timeout(120)
+
+MU_TOLERANCE = 1e-5  # batched and unbatched encodes may differ by float rounding only
+CALL_TIMEOUT_S = 60.0
+MANY = 2 * SHARED_MAX_SKETCHES + 5  # more sketches than two requests hold: three chunks
+
+
+def _sketches(seed: int, count: int) -> list[Sketch]:
+    return [sketch_from_pb(s) for s in random_sketches(seed, count)]
+
+
+@pytest.fixture()
+def client(clustered_server: RunningServer):  # noqa: F811
+    with SketchClient(
+        clustered_server.target, timeout=CALL_TIMEOUT_S, max_sketches_per_call=SHARED_MAX_SKETCHES
+    ) as c:
+        yield c
+
+
+def test_encode_chunks_onto_a_stream_with_the_same_codes(client: SketchClient) -> None:
+    sketches = _sketches(1, MANY)
+    info = client.model_info()
+    streamed = client.encode(sketches)
+    assert streamed.mu.shape == (MANY, info.latent_size) and streamed.sigma.shape == streamed.mu.shape
+    assert streamed.model_version == info.version
+    alone = np.vstack([client.encode([s]).mu for s in sketches[-4:]])
+    np.testing.assert_allclose(streamed.mu[-4:], alone, atol=MU_TOLERANCE)
+    assert np.all(streamed.sigma > 0)
+
+
+def test_every_input_form_of_one_drawing_gives_the_same_code(client: SketchClient) -> None:
+    sketch = _sketches(2, 1)[0]
+    forms = [sketch, list(sketch.strokes), sketch.to_stroke3()]
+    mu = client.encode(forms).mu
+    np.testing.assert_allclose(mu[1], mu[0], atol=MU_TOLERANCE)
+    np.testing.assert_allclose(mu[2], mu[0], atol=MU_TOLERANCE)
+
+
+def test_assign_orders_the_nearest_clusters(client: SketchClient) -> None:
+    info = client.model_info()
+    result = client.assign(_sketches(3, MANY), top_k=2)
+    assert len(result) == MANY and result.nearest_cluster.shape == (MANY, 2)
+    assert np.all((result.cluster >= 0) & (result.cluster < info.cluster_count))
+    np.testing.assert_array_equal(result.nearest_cluster[:, 0], result.cluster)
+    np.testing.assert_allclose(result.nearest_distance[:, 0], result.distance)
+    assert np.all(np.diff(result.nearest_distance, axis=1) >= 0)
+
+
+def test_reconstruct_sketches_and_latents(client: SketchClient) -> None:
+    sketches = _sketches(4, 3)
+    sampling = Sampling(temperature=0.7, max_points=20, seed=5)
+    first = client.reconstruct(sketches, sampling=sampling)
+    again = client.reconstruct(sketches, sampling=sampling)
+    assert len(first) == 3
+    for a, b in zip(first.sketches, again.sketches):
+        assert a.num_points <= 20 + len(a.strokes)
+        np.testing.assert_array_equal(a.to_stroke3(), b.to_stroke3())
+    latents = client.encode(sketches).mu
+    decoded = client.reconstruct(latents=latents, sampling=Sampling(max_points=20))
+    assert len(decoded) == 3 and decoded.model_version == first.model_version
+
+
+def test_score_and_model_info(client: SketchClient) -> None:
+    scores = client.score(_sketches(5, 4))
+    assert scores.kl.shape == (4,) and np.all(np.isfinite(scores.reconstruction_nll)) and np.all(scores.kl >= 0)
+    info = client.model_info()
+    assert info.max_sketches_per_request == SHARED_MAX_SKETCHES
+    assert info.manifest["latent_size"] == info.latent_size and info.device == "cpu"
+
+
+def test_clusters_with_exemplars(client: SketchClient) -> None:
+    info = client.model_info()
+    listed = client.clusters(exemplars=1)
+    assert len(listed) == info.cluster_count
+    for cluster in listed.clusters:
+        assert cluster.centroid.shape == (info.latent_size,)
+        assert len(cluster.exemplars) == 1 and cluster.exemplars[0].num_points > 0
+        assert cluster.prototype is not None and cluster.prototype.num_points > 0
+
+
+def test_bad_sketch_is_named_by_its_index_in_the_whole_input(client: SketchClient) -> None:
+    sketches = _sketches(6, MANY)
+    bad = SHARED_MAX_SKETCHES + 3  # inside the second request
+    sketches[bad] = Sketch((np.array([[0.0, 1.0], [np.nan, 2.0]]),))
+    with pytest.raises(SketchServiceError) as info:
+        client.score(sketches)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"sketches[{bad}]" in info.value.details
+
+
+def test_deadline_and_malformed_input(clustered_server: RunningServer) -> None:  # noqa: F811
+    with SketchClient(clustered_server.target, timeout=1e-6) as hurried:
+        with pytest.raises(SketchServiceError) as info:
+            hurried.encode(_sketches(7, 1))
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    with SketchClient(clustered_server.target) as client:
+        with pytest.raises(ValueError, match=r"sketches\[1\]"):
+            client.encode([_sketches(7, 1)[0], np.zeros((3, 2))])
+
+
+def test_unavailable_is_retried_through_the_service_config(tiny_model: Path) -> None:  # noqa: F811
+    attempts = 3
+    with running_server(server_config(tiny_model), load=False) as server:
+        with SketchClient(server.target, retry_attempts=attempts, retry_initial_backoff=0.01) as client:
+            with pytest.raises(SketchServiceError) as info:
+                client.encode(_sketches(8, 1))
+    # Read once the server has stopped: it counts a call just after answering it.
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert server.metric("sketchserve_requests_total", method="Encode", code="UNAVAILABLE") == attempts
+
+
+def test_async_client(clustered_server: RunningServer) -> None:  # noqa: F811
+    sketches = _sketches(9, MANY)
+
+    async def calls() -> tuple[np.ndarray, np.ndarray, SketchServiceError]:
+        async with AsyncSketchClient(clustered_server.target, max_sketches_per_call=SHARED_MAX_SKETCHES) as client:
+            streamed, assigned = await asyncio.gather(client.encode(sketches), client.assign(sketches))
+            with pytest.raises(SketchServiceError) as info:
+                await client.reconstruct(sketches[:1], sampling=Sampling(max_points=10**6))
+            return streamed.mu, assigned.cluster, info.value
+
+    mu, clusters, error = asyncio.run(calls())
+    with SketchClient(clustered_server.target, max_sketches_per_call=SHARED_MAX_SKETCHES) as sync:
+        np.testing.assert_allclose(mu, sync.encode(sketches).mu, atol=MU_TOLERANCE)
+        np.testing.assert_array_equal(clusters, sync.assign(sketches).cluster)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and "max_points" in error.details
