@@ -52,7 +52,8 @@ NPZ_SUFFIX = ".npz"
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 BATCH_DRAWINGS = 256  # drawings canonicalized together (strokes.preprocess_many amortizes numpy calls)
 SKIP_EXAMPLES = 5  # skip messages a SkipCounter keeps for the report
-HASH_BUCKETS = 2**32  # resolution of deterministic_split's hash
+HASH_BYTES = 4  # digest bytes deterministic_split reads: 2**32 buckets, far finer than any split
+HASH_BUCKETS = 2 ** (8 * HASH_BYTES)
 
 OnError = Literal["raise", "skip"]
 
@@ -101,7 +102,7 @@ def deterministic_split(key: str, fractions: Sequence[float] = DEFAULT_SPLIT_FRA
     if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise ValueError(f"fractions must be {len(SPLITS)} non-negative numbers, got {list(fractions)}")
     digest = hashlib.sha256(key.encode("utf-8")).digest()
-    position = int.from_bytes(digest[:4], "big") / HASH_BUCKETS * sum(fractions)
+    position = int.from_bytes(digest[:HASH_BYTES], "big") / HASH_BUCKETS * sum(fractions)
     bounds = np.cumsum(fractions)
     return SPLITS[min(int(np.searchsorted(bounds, position, side="right")), len(SPLITS) - 1)]
 
