@@ -188,4 +188,6 @@ def finish(plan: CallPlan[ResultT], responses: list[Any]) -> ResultT:
 
 def failed(plan: CallPlan[Any], error: grpc.RpcError, answered: int) -> SketchServiceError:
     """The typed error of a plan whose request number ``answered`` failed."""
+    if plan.streaming:
+        return from_rpc_error(error, plan.method, stream_offsets=plan.offsets)
     return from_rpc_error(error, plan.method, plan.offsets[min(answered, len(plan.offsets) - 1)])

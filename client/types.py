@@ -15,6 +15,9 @@ import numpy as np
 from sketchserve import strokes
 
 
+STROKE3_COLUMNS = 3
+
+
 @dataclass(frozen=True, eq=False)
 class Sketch:
     """A drawing: one ``(n, 2)`` float64 array of absolute x/y points per stroke."""
@@ -27,6 +30,9 @@ class Sketch:
         return cls(tuple(strokes.stroke3_to_drawing(np.asarray(stroke3))), id)
 
     def to_stroke3(self) -> np.ndarray:
+        """Stroke-3 rows; a sketch without strokes (a decoder that ended at once) has none."""
+        if not self.strokes:
+            return np.zeros((0, STROKE3_COLUMNS), dtype=np.float32)
         return strokes.drawing_to_stroke3(list(self.strokes))
 
     @property

@@ -13,7 +13,7 @@ import pytest
 from sketchserve.client import ClientConfig, Sampling, Sketch, SketchServiceError
 from sketchserve.client import config as client_config
 from sketchserve.client import convert, plans
-from sketchserve.client.errors import from_rpc_error, shift_sketch_indices
+from sketchserve.client.errors import from_rpc_error, join_stream_indices, shift_sketch_indices
 from sketchserve.pb.sketch.v1 import sketch_pb2
 
 TRIANGLE_S3 = np.array([[10, 20, 0], [5, 0, 0], [-5, 5, 1], [30, 0, 0], [0, 4, 1]], dtype=np.float32)
@@ -160,6 +160,7 @@ def test_config_validation_and_overrides() -> None:
 
 def test_error_indices_count_in_the_whole_input() -> None:
     assert shift_sketch_indices("sketches[3].strokes[1]: x has 5 values", 64) == "sketches[67].strokes[1]: x has 5 values"
+    assert join_stream_indices("requests[2].sketches[1]: no strokes", (0, 64, 128)) == "sketches[129]: no strokes"
 
     class Failed(grpc.RpcError):
         def code(self) -> grpc.StatusCode:

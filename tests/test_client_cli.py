@@ -1,0 +1,144 @@
+"""`sketchserve encode|assign|reconstruct|score|info|clusters` against a real server on port 0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server_fixtures import (  # noqa: F401 - fixtures used by name
+    SHARED_MAX_SKETCHES,
+    TEST_CLUSTERS,
+    RunningServer,
+    clustered_model,
+    clustered_server,
+)
+from sketchserve import cli as dispatcher
+from sketchserve.client import cli
+
+pytestmark = pytest.mark.timeout(120)
+
+# Real drawings short enough for the tiny model (at most 30 points after preprocessing).
+SHORT_DRAWINGS = Path("simplified") / "circle.ndjson"
+CIRCLES = 25
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = dispatcher.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def target_args(server: RunningServer) -> list[str]:
+    return ["--target", server.target, "--batch-size", str(SHARED_MAX_SKETCHES)]
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_encode_real_file_to_jsonl_with_progress(
+    clustered_server: RunningServer, data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    monkeypatch.setattr(cli, "READ_CHUNK", 10)  # three chunks: a "large" input that shows progress
+    path = data_dir / SHORT_DRAWINGS
+    code, out, err = run(capsys, "encode", *target_args(clustered_server), str(path))
+    assert code == 0, err
+    rows = jsonl(out)
+    assert len(rows) == CIRCLES
+    assert rows[3]["source"] == f"{path}:4" and rows[3]["word"] == "circle" and rows[3]["key_id"]
+    assert len(rows[0]["mu"]) == len(rows[0]["sigma"]) > 0
+    assert f"sketchserve encode  {CIRCLES}" in err  # the progress bar's last line
+
+
+def test_encode_npz_split_to_npy(clustered_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    rng = np.random.default_rng(0)
+
+    def drawings(count: int) -> np.ndarray:
+        items = np.empty(count, dtype=object)
+        for i in range(count):
+            s3 = rng.integers(-20, 20, size=(12, 3)).astype(np.int16)
+            s3[:, 2] = 0
+            s3[5, 2] = s3[-1, 2] = 1
+            items[i] = s3
+        return items
+
+    npz = tmp_path / "blobs.npz"
+    np.savez(npz, train=drawings(4), valid=drawings(21), test=drawings(3))
+    out = tmp_path / "codes.npy"
+    code, _, err = run(capsys, "encode", *target_args(clustered_server), str(npz), "--split", "valid", "--out", str(out))
+    assert code == 0, err
+    mu = np.load(out)
+    assert mu.shape[0] == 21 and mu.dtype == np.float32 and np.all(np.isfinite(mu))
+
+
+def test_assign_and_score(clustered_server: RunningServer, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    path = str(data_dir / SHORT_DRAWINGS)
+    code, out, err = run(capsys, "assign", *target_args(clustered_server), "--top-k", "2", "--limit", "5", path)
+    assert code == 0, err
+    rows = jsonl(out)
+    assert len(rows) == 5
+    assert all(0 <= r["cluster"] < TEST_CLUSTERS and r["nearest"][0] == [r["cluster"], r["distance"]] for r in rows)
+    code, out, err = run(capsys, "score", *target_args(clustered_server), "--limit", "3", path)
+    assert code == 0, err
+    assert [sorted(r) for r in jsonl(out)] == [["key_id", "kl", "model_version", "reconstruction_nll", "source", "word"]] * 3
+
+
+def test_reconstruct_to_ndjson_and_png(
+    clustered_server: RunningServer, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    out, png = tmp_path / "redrawn.ndjson", tmp_path / "redrawn.png"
+    code, _, err = run(
+        capsys, "reconstruct", *target_args(clustered_server), "--limit", "4", "--max-points", "20",
+        "--temperature", "0.5", "--seed", "3", "--out", str(out), "--png", str(png), str(data_dir / SHORT_DRAWINGS),
+    )
+    assert code == 0, err
+    rows = jsonl(out.read_text())
+    assert len(rows) == 4
+    for row in rows:
+        assert all(len(stroke) == 2 and len(stroke[0]) == len(stroke[1]) for stroke in row["drawing"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_info_and_clusters(clustered_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    code, out, err = run(capsys, "info", "--target", clustered_server.target)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["cluster_count"] == TEST_CLUSTERS and info["manifest"]["latent_size"] == info["latent_size"]
+    png = tmp_path / "clusters.png"
+    code, out, err = run(capsys, "clusters", "--target", clustered_server.target, "--exemplars", "1", "--png", str(png))
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    clusters = jsonl(out)
+    assert [c["id"] for c in clusters] == list(range(TEST_CLUSTERS))
+    assert all(len(c["centroid"]) == info["latent_size"] and len(c["exemplars"]) == 1 for c in clusters)
+
+
+def _one_line_error(code: int, err: str, command: str) -> str:
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sketchserve {command}: error: "), err
+    return lines[0]
+
+
+def test_failures_are_one_line(
+    clustered_server: RunningServer, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    circles = str(data_dir / SHORT_DRAWINGS)
+    line = _one_line_error(*run(capsys, "encode", "--target", "127.0.0.1:1", circles)[::2], "encode")
+    assert "UNAVAILABLE" in line
+    missing = tmp_path / "missing.npz"
+    assert str(missing) in _one_line_error(*run(capsys, "score", *target_args(clustered_server), str(missing))[::2], "score")
+    bad = tmp_path / "bad.ndjson"
+    good = json.dumps({"word": "w", "key_id": "1", "drawing": [[[0, 5], [0, 5]]]})
+    bad.write_text(good + "\n" + json.dumps({"word": "w", "key_id": "2", "drawing": [[[0, 1, 2], [0, 1]]]}) + "\n")
+    assert f"{bad}:2" in _one_line_error(*run(capsys, "encode", *target_args(clustered_server), str(bad))[::2], "encode")
+    long_drawing = np.cumsum(np.random.default_rng(1).normal(0, 40, size=(400, 2)), axis=0).round().astype(int)
+    too_long = json.dumps({"word": "w", "key_id": "3", "drawing": [[long_drawing[:, 0].tolist(), long_drawing[:, 1].tolist()]]})
+    bad.write_text(good + "\n" + too_long + "\n")
+    line = _one_line_error(*run(capsys, "encode", *target_args(clustered_server), str(bad))[::2], "encode")
+    assert "INVALID_ARGUMENT" in line and f"{bad}:2" in line and "sketches[1]" in line
+    line = _one_line_error(*run(capsys, "score", "--target", clustered_server.target, "--out", "x.npy", circles)[::2], "score")
+    assert ".npy" in line
