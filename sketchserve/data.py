@@ -30,6 +30,7 @@ always raises.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -103,8 +104,12 @@ def deterministic_split(key: str, fractions: Sequence[float] = DEFAULT_SPLIT_FRA
         raise ValueError(f"fractions must be {len(SPLITS)} non-negative numbers, got {list(fractions)}")
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     position = int.from_bytes(digest[:HASH_BYTES], "big") / HASH_BUCKETS * sum(fractions)
-    bounds = np.cumsum(fractions)
-    return SPLITS[min(int(np.searchsorted(bounds, position, side="right")), len(SPLITS) - 1)]
+    cumulative = 0.0
+    for name, fraction in zip(SPLITS, fractions):
+        cumulative += fraction
+        if position < cumulative:
+            return name
+    return next(name for name, fraction in zip(reversed(SPLITS), reversed(fractions)) if fraction > 0)
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,28 @@ def iter_drawings(
     options = _Options(
         splits, _as_set(categories), on_error, skipped or SkipCounter(), canonical, tuple(split_fractions)
     )
+    pending: list[_Pending] = []
+    try:
+        for item in _iter_pending(paths, options):
+            pending.append(item)
+            if len(pending) == BATCH_DRAWINGS:
+                yield from _finish(pending, options)
+                pending = []
+    except DataFormatError:
+        yield from _finish(pending, options)
+        raise
+    yield from _finish(pending, options)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A record waiting for its stroke-3: ``drawing`` (ndjson) or the stored rows (npz)."""
+
+    record: DrawingRecord
+    drawing: strokes.Drawing | None
+
+
+def _iter_pending(paths: str | Path | Iterable[str | Path], options: _Options) -> Iterator[_Pending]:
     for path in expand_paths(paths):
         if path.suffix == NPZ_SUFFIX:
             yield from _iter_npz(path, options)
@@ -163,6 +190,25 @@ def iter_drawings(
             yield from _iter_ndjson(path, options)
         else:
             raise DataFormatError(path, None, f"unknown file type {path.suffix!r} (expected .npz or .ndjson)")
+
+
+def _finish(items: list[_Pending], options: _Options) -> Iterator[DrawingRecord]:
+    """Records with their stroke-3, canonicalized together (one batch across files)."""
+    if not items:
+        return
+    if options.canonical:
+        drawings = [
+            strokes.stroke3_to_drawing(item.record.stroke3) if item.drawing is None else item.drawing
+            for item in items
+        ]
+        rows = strokes.preprocess_many(drawings)
+    else:
+        rows = [
+            item.record.stroke3 if item.drawing is None else strokes.drawing_to_stroke3(item.drawing)
+            for item in items
+        ]
+    for item, s3 in zip(items, rows):
+        yield dataclasses.replace(item.record, stroke3=s3)
 
 
 def _fail(error: DataFormatError, options: _Options) -> None:
@@ -200,7 +246,7 @@ def _read_split(path: Path, archive: np.lib.npyio.NpzFile, name: str) -> np.ndar
     return array
 
 
-def _iter_npz(path: Path, options: _Options) -> Iterator[DrawingRecord]:
+def _iter_npz(path: Path, options: _Options) -> Iterator[_Pending]:
     word = path.stem
     if options.categories is not None and word not in options.categories:
         return
@@ -224,33 +270,20 @@ def _iter_npz(path: Path, options: _Options) -> Iterator[DrawingRecord]:
 
 def _iter_npz_split(
     path: Path, archive: np.lib.npyio.NpzFile, name: str, options: _Options
-) -> Iterator[DrawingRecord]:
+) -> Iterator[_Pending]:
     try:
         array = _read_split(path, archive, name)
     except DataFormatError as err:
         _fail(err, options)
         return
-    pending: list[tuple[str, np.ndarray]] = []
     for index, value in enumerate(array):
         location = f"{name}[{index}]"
         try:
-            pending.append((location, _stroke3_rows(value)))
+            rows = _stroke3_rows(value)
         except ValueError as err:
             _fail(DataFormatError(path, location, str(err)), options)
-        if len(pending) == BATCH_DRAWINGS:
-            yield from _npz_records(path, path.stem, name, pending, options)
-            pending = []
-    yield from _npz_records(path, path.stem, name, pending, options)
-
-
-def _npz_records(
-    path: Path, word: str, split: str, items: list[tuple[str, np.ndarray]], options: _Options
-) -> Iterator[DrawingRecord]:
-    rows = [s3 for _, s3 in items]
-    if options.canonical and rows:
-        rows = strokes.preprocess_many([strokes.stroke3_to_drawing(s3) for s3 in rows])
-    for (location, _), s3 in zip(items, rows):
-        yield DrawingRecord(s3, word, None, None, f"{path}:{location}", split)
+            continue
+        yield _Pending(DrawingRecord(rows, path.stem, None, None, f"{path}:{location}", name), None)
 
 
 @dataclass(frozen=True)
@@ -315,8 +348,7 @@ def _parse_drawing(path: Path, line: int, value: object) -> strokes.Drawing:
         raise DataFormatError(path, line, f"drawing: {err}") from None
 
 
-def _iter_ndjson(path: Path, options: _Options) -> Iterator[DrawingRecord]:
-    pending: list[_Parsed] = []
+def _iter_ndjson(path: Path, options: _Options) -> Iterator[_Pending]:
     try:
         with path.open("rb") as handle:
             for line, raw in enumerate(handle, start=1):
@@ -326,19 +358,12 @@ def _iter_ndjson(path: Path, options: _Options) -> Iterator[DrawingRecord]:
                         continue
                     parsed = _parse_line(path, line, text)
                 except DataFormatError as err:
-                    yield from _ndjson_records(path, pending, options)
-                    pending = []
                     _fail(err, options)
                     continue
                 if _wanted(parsed, options):
-                    pending.append(parsed)
-                if len(pending) == BATCH_DRAWINGS:
-                    yield from _ndjson_records(path, pending, options)
-                    pending = []
+                    yield _Pending(_ndjson_record(path, parsed, options), parsed.drawing)
     except OSError as err:
         _fail(DataFormatError(path, None, f"cannot read ({err.strerror or err})"), options)
-        return
-    yield from _ndjson_records(path, pending, options)
 
 
 def _decode(path: Path, line: int, raw: bytes) -> str:
@@ -360,22 +385,14 @@ def _wanted(parsed: _Parsed, options: _Options) -> bool:
     return options.splits is None or _record_split(parsed, options) in options.splits
 
 
-def _ndjson_records(path: Path, items: list[_Parsed], options: _Options) -> Iterator[DrawingRecord]:
-    if not items:
-        return
-    drawings = [item.drawing for item in items]
-    if options.canonical:
-        rows = strokes.preprocess_many(drawings)
-    else:
-        rows = [strokes.drawing_to_stroke3(drawing) for drawing in drawings]
-    for item, s3 in zip(items, rows):
-        yield DrawingRecord(
-            stroke3=s3,
-            word=item.word,
-            recognized=item.recognized,
-            key_id=item.key_id,
-            source=f"{path}:{item.line}",
-            split=_record_split(item, options),
-            countrycode=item.countrycode,
-            timestamp=item.timestamp,
-        )
+def _ndjson_record(path: Path, item: _Parsed, options: _Options) -> DrawingRecord:
+    return DrawingRecord(
+        stroke3=np.zeros((0, 3), dtype=np.float32),
+        word=item.word,
+        recognized=item.recognized,
+        key_id=item.key_id,
+        source=f"{path}:{item.line}",
+        split=_record_split(item, options),
+        countrycode=item.countrycode,
+        timestamp=item.timestamp,
+    )

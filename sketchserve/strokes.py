@@ -158,7 +158,7 @@ def drawing_from_xy(strokes: Sequence[tuple[Sequence[float], Sequence[float]]]) 
     if strokes is None or len(strokes) == 0:
         raise InvalidDrawingError("strokes", "drawing has no strokes")
     result: Drawing = [_xy_points(stroke, i) for i, stroke in enumerate(strokes)]
-    if not all(np.isfinite(points).all() for points in result):
+    if not np.isfinite(np.concatenate(result)).all():
         _checked_strokes(result)
     return result
 
