@@ -30,14 +30,13 @@ always raises.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import pickle
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -84,7 +83,7 @@ class SkipCounter:
         logger.debug("skipped %s", error)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DrawingRecord:
     """One drawing: its stroke-3 (float32, canonical unless asked otherwise) and metadata."""
 
@@ -208,7 +207,7 @@ def _finish(items: list[_Pending], options: _Options) -> Iterator[DrawingRecord]
             for item in items
         ]
     for item, s3 in zip(items, rows):
-        yield dataclasses.replace(item.record, stroke3=s3)
+        yield replace(item.record, stroke3=s3)
 
 
 def _fail(error: DataFormatError, options: _Options) -> None:

@@ -83,6 +83,7 @@ CANONICAL_SIZE = 255.0  # the longer side of a canonical drawing spans 0..255, a
 RESAMPLE_SPACING = 1.0  # arc-length spacing of the resampling step, in canonical units
 RDP_EPSILON = 2.0  # Ramer-Douglas-Peucker tolerance used for the simplified Quick, Draw! data
 SNAP_GRID = 2.0**-20  # ~1e-6 binary grid: removes float noise (shifted/scaled copies stay bit-identical), keeps dyadic values exact
+MAX_CUMSUM_TABLE = 2**22  # cells (32 MiB) of the padded per-stroke cumsum table before falling back to a loop
 CHUNK_DRAWINGS = 256  # drawings processed together: amortizes numpy calls, bounds the padded cumsum buffer
 START_TOKEN = (0.0, 0.0, 1.0, 0.0, 0.0)  # stroke-5 start-of-sequence row the model prepends
 END_ROW = (0.0, 0.0, 0.0, 0.0, 1.0)  # stroke-5 padding row after the drawing's last point
@@ -216,11 +217,19 @@ def _snap(values: np.ndarray) -> np.ndarray:
     return np.round(values / SNAP_GRID) * SNAP_GRID
 
 
-def _segmented_cumsum(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Cumulative sums restarting at each segment, bit-identical to summing each alone."""
+def _segmented_cumsum(values: np.ndarray, lengths: np.ndarray, max_table: int = MAX_CUMSUM_TABLE) -> np.ndarray:
+    """Cumulative sums restarting at each segment, bit-identical to summing each alone.
+
+    Rows of a zero-padded table are summed at once; when one long segment would
+    make that table too large, the segments are summed one by one instead.
+    """
+    starts = _starts(lengths)
+    width = int(lengths.max())
+    if len(lengths) * width > max_table:
+        return np.concatenate([np.cumsum(values[a : a + n]) for a, n in zip(starts.tolist(), lengths.tolist())])
     rows = np.repeat(np.arange(len(lengths)), lengths)
-    cols = np.arange(len(values)) - np.repeat(_starts(lengths), lengths)
-    table = np.zeros((len(lengths), int(lengths.max())), dtype=values.dtype)
+    cols = np.arange(len(values)) - np.repeat(starts, lengths)
+    table = np.zeros((len(lengths), width), dtype=values.dtype)
     table[rows, cols] = values
     np.cumsum(table, axis=1, out=table)
     return table[rows, cols]

@@ -332,3 +332,23 @@ def test_augment_drop_merges_offsets_into_the_next_point() -> None:
     assert out[:, 0].sum() == s3[:, 0].sum()
     assert out[:2].tolist() == [[1, 0, 0], [1, 0, 0]]
     assert out[-2:].tolist() == [[7, 0, 0], [1, 0, 1]]
+
+
+def test_segmented_cumsum_paths_agree_bit_for_bit() -> None:
+    rng = np.random.default_rng(3)
+    lengths = np.array([1, 7, 300, 2, 45])
+    values = rng.random(int(lengths.sum())) * 10
+    table = strokes._segmented_cumsum(values, lengths)
+    loop = strokes._segmented_cumsum(values, lengths, max_table=10)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    alone = np.concatenate([np.cumsum(values[a : a + n]) for a, n in zip(starts, lengths)])
+    assert np.array_equal(table, alone) and np.array_equal(loop, alone)
+
+
+def test_one_huge_stroke_is_processed_without_a_huge_table() -> None:
+    t = np.linspace(0, 40 * np.pi, 20_000)
+    spiral = np.column_stack([t * np.cos(t), t * np.sin(t)])
+    small = [np.array([[0.0, 0.0], [1.0, 1.0]])] * 300
+    out = strokes.canonicalize_many([[spiral]] + [small] * 8)
+    assert len(out) == 9 and len(out[0][0]) > 100
+    assert drawings_equal(out[0], strokes.canonicalize([spiral]))
