@@ -74,6 +74,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -194,6 +195,13 @@ class _Flat:
     drawing_strokes: np.ndarray  # (D,) int64, strokes per drawing
 
 
+class _Strokes(NamedTuple):
+    """Strokes as one point array and the number of points in each."""
+
+    points: np.ndarray
+    lengths: np.ndarray
+
+
 def _starts(lengths: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
 
@@ -247,14 +255,14 @@ def _normalize(flat: _Flat) -> np.ndarray:
     return _snap(shifted * np.repeat(scale, point_counts)[:, None])
 
 
-def _dedupe(points: np.ndarray, stroke_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _dedupe(points: np.ndarray, stroke_lengths: np.ndarray) -> _Strokes:
     keep = np.ones(len(points), dtype=bool)
     keep[1:] = np.any(points[1:] != points[:-1], axis=1)
     keep[_starts(stroke_lengths)] = True
-    return points[keep], np.add.reduceat(keep, _starts(stroke_lengths)).astype(np.int64)
+    return _Strokes(points[keep], np.add.reduceat(keep, _starts(stroke_lengths)).astype(np.int64))
 
 
-def _resample_candidates(points: np.ndarray, stroke_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _resample_candidates(points: np.ndarray, stroke_lengths: np.ndarray) -> _Strokes:
     """The 1-unit resampling of every stroke, reduced to the samples RDP can keep.
 
     The full resampling has the samples at arc lengths 0, 1, 2, ... < L plus the
@@ -285,7 +293,7 @@ def _resample_candidates(points: np.ndarray, stroke_lengths: np.ndarray) -> tupl
     seg = vertex[sample]
     fraction = (k[sample] - arc[seg]) / steps[seg + 1]
     out[sample] = points[seg] + fraction[:, None] * (points[seg + 1] - points[seg])
-    return out, np.add.reduceat(counts, starts).astype(np.int64)
+    return _Strokes(out, np.add.reduceat(counts, starts).astype(np.int64))
 
 
 def _rdp_keep(points: np.ndarray, stroke_lengths: np.ndarray, epsilon: float) -> np.ndarray:
