@@ -1,0 +1,182 @@
+"""Clustering: k-means math on synthetic codes; the cluster command on tiny artifacts and real drawings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sketchserve.artifact import load_artifact, read_manifest, verify_checksums
+from sketchserve.strokes import drawing_from_xy, preprocess
+from sketchserve.training.clustering import cluster_main
+from sketchserve.training.encode import encode_stroke3
+from sketchserve.training.kmeans import (
+    ClusterError,
+    assign,
+    choose_k,
+    fit_kmeans,
+    label_agreement,
+    members_by_distance,
+)
+
+def _blobs(centers: int, per: int, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0.0, 10.0, size=(centers, dim))
+    labels = np.repeat(np.arange(centers), per)
+    return means[labels] + rng.normal(0.0, 0.5, size=(labels.size, dim)), labels
+
+
+def test_choose_k_finds_the_number_of_blobs_and_says_why() -> None:
+    codes, _ = _blobs(centers=4, per=30)
+    selection = choose_k(codes, range(2, 8), random_state=0, n_init=4)
+    assert selection.fit.k == 4
+    assert [s.k for s in selection.scores] == list(range(2, 8))
+    assert "k=4" in selection.reason and "silhouette" in selection.reason
+
+
+def test_bad_k_is_a_clear_error() -> None:
+    codes, _ = _blobs(centers=2, per=3)
+    with pytest.raises(ClusterError, match="at least 2"):
+        fit_kmeans(codes, 1, random_state=0, n_init=1)
+    with pytest.raises(ClusterError, match="more than the number of drawings"):
+        fit_kmeans(codes, 7, random_state=0, n_init=1)
+
+
+def test_empty_clusters_are_dropped_and_labels_stay_dense() -> None:
+    codes = np.repeat(np.eye(3), 4, axis=0)  # 3 distinct codes, asked for 5 clusters
+    fit = fit_kmeans(codes, 5, random_state=0, n_init=2)
+    assert fit.k == 3 and fit.dropped_empty == 2
+    assert sorted(fit.sizes) == [4, 4, 4]
+    assert set(fit.labels.tolist()) == {0, 1, 2}
+
+
+def test_label_agreement_needs_two_categories() -> None:
+    codes, truth = _blobs(centers=3, per=10)
+    fit = fit_kmeans(codes, 3, random_state=0, n_init=2)
+    words = [f"cat{t}" for t in truth]
+    agreement = label_agreement(fit.labels, words)
+    assert agreement is not None and agreement.nmi == pytest.approx(1.0) and agreement.ari == pytest.approx(1.0)
+    assert label_agreement(fit.labels, ["face"] * len(words)) is None
+
+
+def test_members_by_distance_and_assign() -> None:
+    codes = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [10.0, 10.0]])
+    labels = np.array([0, 0, 0, 1])
+    order = members_by_distance(codes, labels, np.array([0.5, 0.0]), 0)
+    assert order.tolist() == [0, 2, 1]
+    assert assign(codes, np.array([[0.0, 0.0], [9.0, 9.0]])).tolist() == [0, 0, 0, 1]
+
+
+# --- the command, on a real (random-weight, tiny) artifact and real drawings ---
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sketchserve.training.export import make_random_artifact
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    make_random_artifact(out, seed=0, tiny=True)
+    return out
+
+
+def _fresh_copy(model: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(model, target)
+    return target
+
+
+def _write_ndjson(path: Path, drawings: list[list[list[list[int]]]], word: str) -> Path:
+    lines = [json.dumps({"word": word, "key_id": str(i), "recognized": True, "drawing": d}) for i, d in enumerate(drawings)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _simplified(data_dir: Path, category: str) -> list[list[list[list[int]]]]:
+    with open(data_dir / "simplified" / f"{category}.ndjson") as fh:
+        return [json.loads(line)["drawing"] for line in fh]
+
+
+def test_cluster_chooses_k_writes_clusters_and_checksums(
+    tiny_model: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _fresh_copy(tiny_model, tmp_path)
+    rc = cluster_main([str(model), "--data", str(data_dir / "sketchrnn" / "face.npz"), "--split", "valid", "--k-range", "2:4", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "silhouette" in out and "<- chosen" in out and "highest mean silhouette" in out
+    assert "NMI/ARI: n/a" in out  # one category
+    doc = json.loads((model / "clusters.json").read_text())
+    k = doc["k"]
+    assert 2 <= k <= 4 and len(doc["centroids"]) == k and len(doc["prototypes"]) == k
+    assert sum(doc["sizes"]) == 150 and doc["data"]["split"] == "valid" and doc["data"]["count"] == 150
+    assert [len(e) for e in doc["exemplars"]] == [min(8, s) for s in doc["sizes"]]
+    assert all(np.asarray(p).ndim == 2 and np.asarray(p).shape[1] == 3 for p in doc["prototypes"])
+    assert [s["k"] for s in doc["metrics"]["k_selection"]["scores"]] == [2, 3, 4]
+    verify_checksums(model)  # manifest rewritten with clusters.json's sha256
+    assert "clusters.json" in read_manifest(model)["files"]
+    artifact = load_artifact(model, torch.device("cpu"))
+    centroids = np.asarray(doc["centroids"])
+    codes = encode_stroke3(artifact, [np.asarray(e, dtype=np.float32) for e in doc["exemplars"][0]], progress=False)
+    assert (assign(codes.astype(np.float64), centroids) == 0).all()  # exemplars belong to their cluster
+
+
+def test_cluster_reports_nmi_and_ari_with_category_labels(
+    tiny_model: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _fresh_copy(tiny_model, tmp_path)
+    files = [str(data_dir / "simplified" / f"{c}.ndjson") for c in ("face", "pig")]
+    assert cluster_main([str(model), "--data", *files, "--k", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "against 2 category labels: NMI=" in out and "ARI=" in out
+    doc = json.loads((model / "clusters.json").read_text())
+    assert 0.0 <= doc["metrics"]["nmi"] <= 1.0 and doc["data"]["categories"] == {"face": 25, "pig": 25}
+
+
+@pytest.mark.parametrize("k", ["1", "0", "51"])
+def test_bad_k_is_one_clear_line_and_nonzero(
+    k: str, tiny_model: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _fresh_copy(tiny_model, tmp_path)
+    files = [str(data_dir / "simplified" / f"{c}.ndjson") for c in ("face", "pig")]
+    assert cluster_main([str(model), "--data", *files, "--k", k, "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sketchserve cluster: ") and "\n" not in err and "k" in err
+    assert not (model / "clusters.json").exists()
+
+
+def test_empty_clusters_are_dropped_not_stored(
+    tiny_model: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _fresh_copy(tiny_model, tmp_path)
+    three = _simplified(data_dir, "face")[:3]
+    data = _write_ndjson(tmp_path / "dups.ndjson", three * 4, "face")  # 12 drawings, 3 distinct
+    assert cluster_main([str(model), "--data", str(data), "--k", "5", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "dropped 2 empty cluster(s)" in out
+    doc = json.loads((model / "clusters.json").read_text())
+    assert doc["k"] == 3 and doc["sizes"] == [4, 4, 4] and doc["metrics"]["dropped_empty_clusters"] == 2
+
+
+def test_shape_not_size_copies_share_mu_and_cluster(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
+    with open(data_dir / "raw" / "face.ndjson") as fh:
+        raw = [json.loads(line)["drawing"] for line, _ in zip(fh, range(12))]
+    drawings = [drawing_from_xy([(s[0], s[1]) for s in d]) for d in raw]
+    original = drawings[0]
+    copies = [
+        original,
+        [stroke + np.array([137.25, -58.5]) for stroke in original],
+        [stroke * 0.3 for stroke in original],
+        [stroke * 3.0 for stroke in original],
+    ]
+    sketches = [preprocess(d) for d in copies]
+    artifact = load_artifact(tiny_model, torch.device("cpu"))
+    mu = encode_stroke3(artifact, sketches, progress=False)
+    np.testing.assert_allclose(mu[1:], np.repeat(mu[:1], 3, axis=0), atol=1e-5, rtol=0)
+    others = encode_stroke3(artifact, [preprocess(d) for d in drawings[1:]], progress=False)
+    fit = fit_kmeans(np.vstack([others, mu]).astype(np.float64), 3, random_state=0, n_init=4)
+    assert len(set(fit.labels[-4:].tolist())) == 1
