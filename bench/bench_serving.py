@@ -295,7 +295,11 @@ def _errors(result: CellResult) -> str:
 
 
 def report(config: BenchConfig, conditions: list[str], rows: list[Row], limits: dict, goal_list: list[Goal]) -> str:
-    lines = [*conditions, "", "| server | method | concurrency | sketches/call | calls/s | sketches/s | p50 ms | p99 ms | mean batch | errors |"]
+    header = (
+        "| server | method | concurrency | sketches/call | calls/s | sketches/s | p50 ms | p99 ms | mean batch "
+        "| errors |"
+    )
+    lines = [*conditions, "", header]
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         c = r.result

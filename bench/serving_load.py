@@ -115,7 +115,8 @@ async def _run(spec: CellSpec) -> CellResult:
         begin = time.monotonic()
         window = (begin + spec.warmup_s, begin + spec.warmup_s + spec.duration_s)
         tally = _Tally()
-        tasks = [asyncio.create_task(_worker(i, method, requests, spec, window, tally)) for i in range(spec.concurrency)]
+        workers = [_worker(i, method, requests, spec, window, tally) for i in range(spec.concurrency)]
+        tasks = [asyncio.create_task(w) for w in workers]
         _, pending = await asyncio.wait(tasks, timeout=window[1] - time.monotonic())
         for task in pending:
             task.cancel()

@@ -199,7 +199,9 @@ def _process(args: argparse.Namespace, handle: Handler) -> Collected:
     return collected
 
 
-def _run(name: str, parser: argparse.ArgumentParser, argv: Sequence[str], body: Callable[[argparse.Namespace], None]) -> int:
+def _run(
+    name: str, parser: argparse.ArgumentParser, argv: Sequence[str], body: Callable[[argparse.Namespace], None]
+) -> int:
     args = parser.parse_args(list(argv))
     args.command = name
     try:
@@ -302,8 +304,8 @@ def _reconstruct(args: argparse.Namespace) -> None:
 
 
 def reconstruct_main(argv: Sequence[str]) -> int:
-    parser = _parser("reconstruct", "Redraw each drawing through the model: simplified-format ndjson, optionally a PNG.")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature in [0, 2] (0: most likely)")
+    parser = _parser("reconstruct", "Redraw each drawing through the model: simplified ndjson, optionally a PNG.")
+    parser.add_argument("--temperature", type=float, default=0.0, help="in [0, 2]; 0 draws the most likely drawing")
     parser.add_argument("--seed", type=int, default=0, help="same seed and input give the same drawing")
     parser.add_argument("--max-points", type=int, default=0, help="longest output drawing (0: the model's maximum)")
     parser.add_argument("--png", type=Path, default=None, help=f"draw the first {PNG_LIMIT} inputs and reconstructions")
@@ -358,5 +360,5 @@ def _clusters(args: argparse.Namespace) -> None:
 def clusters_main(argv: Sequence[str]) -> int:
     parser = _parser("clusters", "The server's stored clusters, one JSON object each.", files=False)
     parser.add_argument("--exemplars", type=int, default=0, help="member drawings to include per cluster")
-    parser.add_argument("--png", type=Path, default=None, help="draw each cluster's prototype and exemplars, a row each")
+    parser.add_argument("--png", type=Path, default=None, help="draw each cluster's prototype and exemplars in a row")
     return _run("clusters", parser, argv, _clusters)

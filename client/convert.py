@@ -48,7 +48,8 @@ def as_sketch(item: SketchInput, index: int) -> Sketch:
             raise ValueError(f"{where}: the stroke-3 array is empty")
         return Sketch.from_stroke3(item)
     if isinstance(item, (str, bytes)) or not isinstance(item, Sequence):
-        raise ValueError(f"{where}: expected a Sketch, a stroke-3 array or a list of strokes, got {type(item).__name__}")
+        kind = type(item).__name__
+        raise ValueError(f"{where}: expected a Sketch, a stroke-3 array or a list of strokes, got {kind}")
     return Sketch(tuple(_stroke_array(stroke, f"{where}.strokes[{i}]") for i, stroke in enumerate(item)))
 
 
@@ -120,5 +121,5 @@ def cluster_from_pb(message: sketch_pb2.Cluster) -> Cluster:
         size=message.size,
         centroid=np.asarray(message.centroid, dtype=np.float32),
         exemplars=tuple(sketch_from_pb(s) for s in message.exemplars),
-        prototype=sketch_from_pb(message.prototype) if message.HasField("prototype") and message.prototype.strokes else None,
+        prototype=sketch_from_pb(message.prototype) if message.prototype.strokes else None,
     )

@@ -30,7 +30,8 @@ class ModelVersionChangedError(SketchServiceError):
     """The requests of one call were answered by different model versions."""
 
     def __init__(self, versions: list[str]) -> None:
-        super().__init__("call", grpc.StatusCode.ABORTED, f"the server changed model mid-call (versions {versions}); retry")
+        message = f"the server changed model mid-call (versions {versions}); retry"
+        super().__init__("call", grpc.StatusCode.ABORTED, message)
 
 
 def shift_sketch_indices(details: str, offset: int) -> str:

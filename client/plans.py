@@ -159,7 +159,8 @@ def reconstruct(
 
 
 def model_info() -> CallPlan[ModelInfo]:
-    return CallPlan("GetModelInfo", (sketch_pb2.GetModelInfoRequest(),), (0,), lambda r: convert.model_info_from_pb(r[0]))
+    request = sketch_pb2.GetModelInfoRequest()
+    return CallPlan("GetModelInfo", (request,), (0,), lambda r: convert.model_info_from_pb(r[0]))
 
 
 def merge_clusters(responses: list[sketch_pb2.ListClustersResponse]) -> ClusterList:

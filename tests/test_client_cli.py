@@ -40,7 +40,10 @@ def jsonl(text: str) -> list[dict]:
 
 
 def test_encode_real_file_to_jsonl_with_progress(
-    clustered_server: RunningServer, data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    clustered_server: RunningServer,  # noqa: F811
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(cli, "READ_CHUNK", 10)  # three chunks: a "large" input that shows progress
     path = data_dir / SHORT_DRAWINGS
@@ -53,7 +56,9 @@ def test_encode_real_file_to_jsonl_with_progress(
     assert f"sketchserve encode  {CIRCLES}" in err  # the progress bar's last line
 
 
-def test_encode_npz_split_to_npy(clustered_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_encode_npz_split_to_npy(
+    clustered_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
     rng = np.random.default_rng(0)
 
     def drawings(count: int) -> np.ndarray:
@@ -68,13 +73,16 @@ def test_encode_npz_split_to_npy(clustered_server: RunningServer, tmp_path: Path
     npz = tmp_path / "blobs.npz"
     np.savez(npz, train=drawings(4), valid=drawings(21), test=drawings(3))
     out = tmp_path / "codes.npy"
-    code, _, err = run(capsys, "encode", *target_args(clustered_server), str(npz), "--split", "valid", "--out", str(out))
+    argv = ["encode", *target_args(clustered_server), str(npz), "--split", "valid", "--out", str(out)]
+    code, _, err = run(capsys, *argv)
     assert code == 0, err
     mu = np.load(out)
     assert mu.shape[0] == 21 and mu.dtype == np.float32 and np.all(np.isfinite(mu))
 
 
-def test_assign_and_score(clustered_server: RunningServer, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_assign_and_score(
+    clustered_server: RunningServer, data_dir: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
     path = str(data_dir / SHORT_DRAWINGS)
     code, out, err = run(capsys, "assign", *target_args(clustered_server), "--top-k", "2", "--limit", "5", path)
     assert code == 0, err
@@ -83,7 +91,8 @@ def test_assign_and_score(clustered_server: RunningServer, data_dir: Path, capsy
     assert all(0 <= r["cluster"] < TEST_CLUSTERS and r["nearest"][0] == [r["cluster"], r["distance"]] for r in rows)
     code, out, err = run(capsys, "score", *target_args(clustered_server), "--limit", "3", path)
     assert code == 0, err
-    assert [sorted(r) for r in jsonl(out)] == [["key_id", "kl", "model_version", "reconstruction_nll", "source", "word"]] * 3
+    fields = ["key_id", "kl", "model_version", "reconstruction_nll", "source", "word"]
+    assert [sorted(r) for r in jsonl(out)] == [fields] * 3
 
 
 def test_reconstruct_to_ndjson_and_png(
@@ -102,13 +111,16 @@ def test_reconstruct_to_ndjson_and_png(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_info_and_clusters(clustered_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_info_and_clusters(
+    clustered_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
     code, out, err = run(capsys, "info", "--target", clustered_server.target)
     assert code == 0, err
     info = json.loads(out)
     assert info["cluster_count"] == TEST_CLUSTERS and info["manifest"]["latent_size"] == info["latent_size"]
     png = tmp_path / "clusters.png"
-    code, out, err = run(capsys, "clusters", "--target", clustered_server.target, "--exemplars", "1", "--png", str(png))
+    argv = ["clusters", "--target", clustered_server.target, "--exemplars", "1", "--png", str(png)]
+    code, out, err = run(capsys, *argv)
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     clusters = jsonl(out)
@@ -116,7 +128,8 @@ def test_info_and_clusters(clustered_server: RunningServer, tmp_path: Path, caps
     assert all(len(c["centroid"]) == info["latent_size"] and len(c["exemplars"]) == 1 for c in clusters)
 
 
-def _one_line_error(code: int, err: str, command: str) -> str:
+def _one_line_error(result: tuple[int, str, str], command: str) -> str:
+    code, _, err = result
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"sketchserve {command}: error: "), err
@@ -127,18 +140,22 @@ def test_failures_are_one_line(
     clustered_server: RunningServer, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
 ) -> None:
     circles = str(data_dir / SHORT_DRAWINGS)
-    line = _one_line_error(*run(capsys, "encode", "--target", "127.0.0.1:1", circles)[::2], "encode")
+    line = _one_line_error(run(capsys, "encode", "--target", "127.0.0.1:1", circles), "encode")
     assert "UNAVAILABLE" in line
     missing = tmp_path / "missing.npz"
-    assert str(missing) in _one_line_error(*run(capsys, "score", *target_args(clustered_server), str(missing))[::2], "score")
+    line = _one_line_error(run(capsys, "score", *target_args(clustered_server), str(missing)), "score")
+    assert str(missing) in line
     bad = tmp_path / "bad.ndjson"
     good = json.dumps({"word": "w", "key_id": "1", "drawing": [[[0, 5], [0, 5]]]})
     bad.write_text(good + "\n" + json.dumps({"word": "w", "key_id": "2", "drawing": [[[0, 1, 2], [0, 1]]]}) + "\n")
-    assert f"{bad}:2" in _one_line_error(*run(capsys, "encode", *target_args(clustered_server), str(bad))[::2], "encode")
+    line = _one_line_error(run(capsys, "encode", *target_args(clustered_server), str(bad)), "encode")
+    assert f"{bad}:2" in line
     long_drawing = np.cumsum(np.random.default_rng(1).normal(0, 40, size=(400, 2)), axis=0).round().astype(int)
-    too_long = json.dumps({"word": "w", "key_id": "3", "drawing": [[long_drawing[:, 0].tolist(), long_drawing[:, 1].tolist()]]})
+    xy = [long_drawing[:, 0].tolist(), long_drawing[:, 1].tolist()]
+    too_long = json.dumps({"word": "w", "key_id": "3", "drawing": [xy]})
     bad.write_text(good + "\n" + too_long + "\n")
-    line = _one_line_error(*run(capsys, "encode", *target_args(clustered_server), str(bad))[::2], "encode")
+    line = _one_line_error(run(capsys, "encode", *target_args(clustered_server), str(bad)), "encode")
     assert "INVALID_ARGUMENT" in line and f"{bad}:2" in line and "sketches[1]" in line
-    line = _one_line_error(*run(capsys, "score", "--target", clustered_server.target, "--out", "x.npy", circles)[::2], "score")
+    argv = ["score", "--target", clustered_server.target, "--out", "x.npy", circles]
+    line = _one_line_error(run(capsys, *argv), "score")
     assert ".npy" in line

@@ -159,7 +159,8 @@ def test_config_validation_and_overrides() -> None:
 
 
 def test_error_indices_count_in_the_whole_input() -> None:
-    assert shift_sketch_indices("sketches[3].strokes[1]: x has 5 values", 64) == "sketches[67].strokes[1]: x has 5 values"
+    shifted = shift_sketch_indices("sketches[3].strokes[1]: x has 5 values", 64)
+    assert shifted == "sketches[67].strokes[1]: x has 5 values"
     assert join_stream_indices("requests[2].sketches[1]: no strokes", (0, 64, 128)) == "sketches[129]: no strokes"
 
     class Failed(grpc.RpcError):
