@@ -297,7 +297,14 @@ def _resample_candidates(points: np.ndarray, stroke_lengths: np.ndarray) -> _Str
 
 
 def _rdp_keep(points: np.ndarray, stroke_lengths: np.ndarray, epsilon: float) -> np.ndarray:
-    """Ramer-Douglas-Peucker on every stroke at once, one tree level per pass."""
+    """Ramer-Douglas-Peucker on every stroke at once, one tree level per pass.
+
+    Each pass takes every open chord ``(a, b)`` of every stroke, measures the
+    distance of the points between them to the line through the chord, and
+    splits the chords whose farthest point (the first, on ties) lies farther
+    than ``epsilon`` at that point.
+    """
+    x, y = np.ascontiguousarray(points[:, 0]), np.ascontiguousarray(points[:, 1])
     starts = _starts(stroke_lengths)
     ends = starts + stroke_lengths - 1
     keep = np.zeros(len(points), dtype=bool)
@@ -306,22 +313,26 @@ def _rdp_keep(points: np.ndarray, stroke_lengths: np.ndarray, epsilon: float) ->
     a, b = starts[stroke_lengths >= 3], ends[stroke_lengths >= 3]
     while a.size:
         counts = b - a - 1
-        offsets = _starts(counts)
-        seg = np.repeat(np.arange(len(a)), counts)
-        idx = np.arange(int(counts.sum())) - offsets[seg] + a[seg] + 1
-        origin = points[a][seg]
-        chord = points[b][seg] - origin
-        rel = points[idx] - origin
-        chord_len = np.hypot(chord[:, 0], chord[:, 1])
-        cross = np.abs(chord[:, 0] * rel[:, 1] - chord[:, 1] * rel[:, 0])
+        offsets = np.cumsum(counts) - counts
+        idx = np.repeat(a + 1 - offsets, counts) + np.arange(int(counts.sum()))
+        ax, ay = x[a], y[a]
+        chord_x, chord_y = x[b] - ax, y[b] - ay
+        rel_x = x[idx] - np.repeat(ax, counts)
+        rel_y = y[idx] - np.repeat(ay, counts)
+        chord_len = np.hypot(chord_x, chord_y)
         degenerate = chord_len == 0
-        dist = np.where(degenerate, np.hypot(rel[:, 0], rel[:, 1]), cross / np.where(degenerate, 1.0, chord_len))
+        cross = np.abs(np.repeat(chord_x, counts) * rel_y - np.repeat(chord_y, counts) * rel_x)
+        dist = cross / np.repeat(np.where(degenerate, 1.0, chord_len), counts)
+        if degenerate.any():
+            at_point = np.repeat(degenerate, counts)
+            dist[at_point] = np.hypot(rel_x[at_point], rel_y[at_point])
         peak = np.maximum.reduceat(dist, offsets)
         split = peak > epsilon
-        candidates = np.flatnonzero((dist == peak[seg]) & split[seg])
-        cand_seg = seg[candidates]
+        candidates = np.flatnonzero((dist == np.repeat(peak, counts)) & np.repeat(split, counts))
         first = np.ones(len(candidates), dtype=bool)
-        first[1:] = cand_seg[1:] != cand_seg[:-1]
+        first[1:] = np.searchsorted(offsets, candidates[1:], side="right") != np.searchsorted(
+            offsets, candidates[:-1], side="right"
+        )
         mids = idx[candidates[first]]
         keep[mids] = True
         new_a = np.concatenate((a[split], mids))
