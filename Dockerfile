@@ -60,12 +60,13 @@ COPY sketchserve/ sketchserve/
 COPY client/ client/
 COPY server/ server/
 COPY training/ training/
-# Generate the protobuf code (as `make proto` does), then install it with the package.
+# Generate the protobuf code (as `make proto` does), install it with the package, and
+# check the installed copy imports (-I: not the source tree in the working directory).
 RUN python -m grpc_tools.protoc --proto_path=sketchserve/pb=proto \
         --python_out=. --grpc_python_out=. --pyi_out=. proto/sketch/v1/sketch.proto \
     && pip install --no-cache-dir -c constraints.txt ".[server]" \
     && pip uninstall -y grpcio-tools \
-    && python -c "from sketchserve.pb.sketch.v1 import sketch_pb2_grpc; import sketchserve.server"
+    && python -I -c "from sketchserve.pb.sketch.v1 import sketch_pb2_grpc; import sketchserve.server.main"
 
 FROM base AS runtime
 ARG VARIANT
