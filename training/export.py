@@ -23,7 +23,8 @@ TINY_CONFIG = ModelConfig(enc_hidden=16, dec_hidden=32, latent_size=8, num_mixtu
 TINY_SCALE = 30.0
 
 
-def _scripted(module: torch.nn.Module) -> torch.jit.ScriptModule:
+def script_module(module: torch.nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` with only its DeprecationWarning silenced."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         return torch.jit.script(module)
@@ -64,8 +65,8 @@ def export_artifact(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cpu_model = copy.deepcopy(model).to("cpu").eval()
-    _save(_scripted(cpu_model.encoder), out / ENCODER_FILE)
-    _save(_scripted(cpu_model.decoder), out / DECODER_FILE)
+    _save(script_module(cpu_model.encoder), out / ENCODER_FILE)
+    _save(script_module(cpu_model.decoder), out / DECODER_FILE)
     manifest = base_manifest(cpu_model, cfg, train_cfg)
     manifest.update(manifest_extra or {})
     write_manifest(out, manifest)

@@ -1,0 +1,130 @@
+"""The Sketch-RNN model: encoder = packed BiLSTM, mixture likelihood, sampling, schedules, config checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sketchserve.training.export import script_module
+from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
+from sketchserve.training.model import Decoder, Encoder, SketchRNN, at_step, normalize, reverse_within, split_params, step_losses
+from sketchserve.training.train import kl_weight_at, lr_at
+
+TINY = ModelConfig(enc_hidden=12, dec_hidden=16, latent_size=6, num_mixtures=3, max_seq_len=40)
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
+def random_stroke5(batch: int, steps: int) -> torch.Tensor:
+    x = torch.randn(batch, steps, 5) * 20
+    x[..., 2:] = torch.eye(3)[torch.randint(0, 2, (batch, steps))]
+    return x
+
+
+def test_encoder_equals_a_bidirectional_lstm_over_packed_sequences() -> None:
+    enc = Encoder(TINY)
+    enc.scale.fill_(20.0)
+    bi = nn.LSTM(5, TINY.enc_hidden, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(bi, name).copy_(getattr(enc.forward_lstm, name))
+            getattr(bi, name + "_reverse").copy_(getattr(enc.backward_lstm, name))
+    x, lengths = random_stroke5(4, 15), torch.tensor([15, 3, 9, 1])
+    packed = nn.utils.rnn.pack_padded_sequence(normalize(x, enc.scale), lengths, batch_first=True, enforce_sorted=False)
+    _, (h, _) = bi(packed)
+    xn = normalize(x, enc.scale)
+    ours = torch.cat(
+        [at_step(enc.forward_lstm(xn)[0], lengths - 1), at_step(enc.backward_lstm(reverse_within(xn, lengths))[0], lengths - 1)],
+        dim=-1,
+    )
+    assert torch.allclose(torch.cat([h[0], h[1]], dim=-1), ours, atol=1e-6)
+    mu, sigma = enc(x, lengths)
+    assert mu.shape == (4, TINY.latent_size) and bool((sigma > 0).all())
+
+
+def test_mixture_nll_matches_torch_distributions() -> None:
+    m = 3
+    out = torch.randn(2, 6 * m + 3)
+    p = split_params(out, m)
+    dx, dy, pen = torch.randn(2), torch.randn(2), torch.tensor([0, 2])
+    losses = step_losses(p, dx, dy, pen)
+    for b in range(2):
+        comps = []
+        for k in range(m):
+            sx, sy, rho = p.sigma_x[b, k], p.sigma_y[b, k], p.rho[b, k]
+            cov = torch.stack([torch.stack([sx * sx, rho * sx * sy]), torch.stack([rho * sx * sy, sy * sy])])
+            dist = torch.distributions.MultivariateNormal(torch.stack([p.mu_x[b, k], p.mu_y[b, k]]), cov)
+            comps.append(p.log_pi[b, k] + dist.log_prob(torch.stack([dx[b], dy[b]])))
+        assert math.isclose(float(losses.offset[b]), -float(torch.logsumexp(torch.stack(comps), 0)), rel_tol=1e-4)
+        expected_pen = -float(torch.log_softmax(p.pen_logits[b], -1)[pen[b]])
+        assert math.isclose(float(losses.pen[b]), expected_pen, rel_tol=1e-5)
+
+
+def test_greedy_sampling_ignores_noise_and_ends_with_end_rows() -> None:
+    dec = Decoder(TINY).eval()
+    dec.scale.fill_(20.0)
+    z = torch.randn(3, TINY.latent_size)
+    a, la = dec.sample(z, torch.rand(3, 25, 4), 0.0)
+    b, lb = dec.sample(z, torch.rand(3, 25, 4), 0.0)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    for i, n in enumerate(la.tolist()):
+        assert bool((a[i, n:, 4] == 1).all()) and bool((a[i, n:, :2] == 0).all())
+        assert bool((a[i, :n, 2:].sum(-1) == 1).all()) and bool((a[i, :n, 4] == 0).all())
+
+
+def test_nll_ignores_what_padding_rows_hold() -> None:
+    model = SketchRNN(TINY).eval()
+    model.set_scale(20.0)
+    x, lengths = random_stroke5(2, 12), torch.tensor([12, 5])
+    z = torch.randn(2, TINY.latent_size)
+    noisy = x.clone()
+    noisy[1, 5:] = torch.randn(7, 5)
+    assert torch.allclose(model.decoder.nll(z, x, lengths), model.decoder.nll(z, noisy, lengths), atol=1e-6)
+    terms = model(x, lengths, torch.zeros(2, TINY.latent_size))
+    assert terms.kl.item() >= 0.0 and bool(torch.isfinite(terms.recon))
+
+
+def test_schedules_follow_the_paper() -> None:
+    cfg = TrainConfig()
+    assert lr_at(0, cfg) == pytest.approx(cfg.learning_rate)
+    assert lr_at(10**7, cfg) == pytest.approx(cfg.min_lr)
+    assert kl_weight_at(0, cfg) == pytest.approx(cfg.kl_weight_start)
+    assert kl_weight_at(10**7, cfg) == pytest.approx(cfg.kl_weight)
+    assert kl_weight_at(100, cfg) < kl_weight_at(1000, cfg)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (lambda: ModelConfig(dec_hidden=0), "dec_hidden must be >= 1"),
+        (lambda: ModelConfig(cell="gru"), "cell must be one of"),
+        (lambda: ModelConfig(recurrent_dropout=0.1), "needs cell 'layer_norm'"),
+        (lambda: TrainConfig(min_lr=1.0), "min_lr"),
+        (lambda: TrainConfig(kl_decay_rate=1.5), "kl_decay_rate"),
+    ],
+)
+def test_impossible_hyperparameters_are_rejected(cfg, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=message):
+        cfg().validate()
+
+
+def test_layer_norm_cell_with_recurrent_dropout_trains_and_is_deterministic_in_eval() -> None:
+    cfg = ModelConfig(**{**TINY.__dict__, "cell": "layer_norm", "recurrent_dropout": 0.1}).validate()
+    model = SketchRNN(cfg)
+    model.set_scale(20.0)
+    x, lengths = random_stroke5(2, 8), torch.tensor([8, 4])
+    terms = model(x, lengths, torch.randn(2, cfg.latent_size))
+    (terms.recon + terms.kl).backward()
+    assert all(p.grad is not None for p in model.decoder.rnn.parameters())
+    model.eval()
+    z = torch.randn(2, cfg.latent_size)
+    assert torch.equal(model.decoder.nll(z, x, lengths), model.decoder.nll(z, x, lengths))
+    scripted = script_module(model.decoder)
+    assert torch.allclose(scripted.nll(z, x, lengths), model.decoder.nll(z, x, lengths), atol=1e-5)

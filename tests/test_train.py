@@ -1,0 +1,124 @@
+"""Training on real faces (tiny configs, few steps): loss goes down, runs repeat and resume exactly,
+export and sample work end to end, and bad input is one clear line on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sketchserve.artifact import load_artifact
+from sketchserve.training.checkpoint import BEST, CHECKPOINT, load_checkpoint
+from sketchserve.training.cli import export_main, sample_main, train_main
+
+TINY_FLAGS = [
+    "--enc-hidden", "16", "--dec-hidden", "32", "--latent-size", "8", "--num-mixtures", "3",
+    "--max-seq-len", "128", "--batch-size", "16", "--log-every", "5", "--threads", "1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def faces(data_dir: Path) -> Path:
+    return data_dir / "sketchrnn" / "face.npz"
+
+
+def evals(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "eval"]
+
+
+def train(args: list[str]) -> None:
+    assert train_main([*TINY_FLAGS, *args]) == 0
+
+
+@pytest.fixture(scope="module")
+def trained(faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    train(["--data", str(faces), "--out", str(run), "--max-steps", "40", "--eval-every", "10", "--seed", "3"])
+    return run
+
+
+def test_a_tiny_model_lowers_its_validation_loss_on_real_faces(trained: Path) -> None:
+    records = evals(trained)
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    assert records[-1]["valid_recon"] < records[0]["valid_recon"] - 0.05
+    assert (trained / "loss.png").read_bytes().startswith(b"\x89PNG")
+    ckpt = load_checkpoint(trained / CHECKPOINT)
+    assert ckpt["step"] == 40 and ckpt["data"]["counts"] == {"train": 1700, "valid": 150, "test": 150}
+    assert "--max-steps 40" in ckpt["spec"]["command"] and (trained / BEST).is_file()
+
+
+def test_resumed_run_equals_an_uninterrupted_one(faces: Path, trained: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = ["--data", str(faces), "--out", str(run), "--eval-every", "10", "--seed", "3"]
+    train([*common, "--max-steps", "20"])
+    train([*common, "--max-steps", "40", "--resume"])
+    straight = load_checkpoint(trained / CHECKPOINT)["model"]
+    resumed = load_checkpoint(run / CHECKPOINT)["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert evals(run)[-1]["valid_recon"] == evals(trained)[-1]["valid_recon"]
+
+
+def test_export_then_sample_end_to_end(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    assert export_main([str(trained), "--out", str(model_dir), "--name", "face-tiny", "--version", "7"]) == 0
+    art = load_artifact(model_dir)
+    manifest = art.manifest
+    assert manifest["name"] == "face-tiny" and manifest["version"] == "7"
+    assert manifest["data"]["files"][0]["sha256"] and manifest["data"]["categories"] == ["face"]
+    assert set(manifest["metrics"]["test"]) >= {"recon", "kl", "loss"} and manifest["training"]["steps"] > 0
+    assert manifest["hparams"]["dec_hidden"] == 32 and manifest["hparams"]["batch_size"] == 16
+    assert manifest["scale_factor"] == pytest.approx(load_checkpoint(trained / CHECKPOINT)["scale_factor"])
+    out = tmp_path / "samples" / "s"
+    around = data_dir / "simplified" / "face.ndjson"
+    argv = [str(model_dir), "--n", "2", "--around", str(around), "--limit", "3", "--seed", "1", "--out", str(out)]
+    assert sample_main(argv) == 0
+    lines = out.with_suffix(".ndjson").read_text().splitlines()
+    assert len(lines) == 6 and json.loads(lines[0])["word"] == "face"
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    first = out.with_suffix(".ndjson").read_text()
+    assert sample_main(argv) == 0 and out.with_suffix(".ndjson").read_text() == first
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    for needle in needles:
+        assert needle in err[0]
+
+
+def test_cli_errors_are_one_clear_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    one_error_line(capsys, train_main(["--data", str(tmp_path / "nope.npz")]), "nope.npz", "no such file")
+    bad = tmp_path / "bad.ndjson"
+    good = {"word": "face", "key_id": "1", "recognized": True, "drawing": [[[0, 10, 20], [0, 5, 9]]]}
+    bad.write_text(json.dumps(good) + "\n{not json\n")
+    one_error_line(capsys, train_main(["--data", str(bad), "--dry-run"]), f"{bad}:2")
+    one_error_line(capsys, train_main(["--data", str(bad), "--dec-hidden", "0"]), "dec_hidden must be >= 1")
+    one_error_line(capsys, train_main(["--data", str(bad), "--min-lr", "0.1"]), "min_lr")
+    one_error_line(capsys, train_main(["--resume", "--out", str(tmp_path / "none")]), "no checkpoint")
+    one_error_line(capsys, export_main([str(tmp_path), "--out", str(tmp_path / "m")]), "no checkpoint")
+    one_error_line(capsys, sample_main([str(tmp_path)]), "no manifest")
+
+
+def test_cli_error_from_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sketchserve.cli", "train", "--data", str(tmp_path / "missing.ndjson")],
+        capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"sketchserve train: error: {tmp_path / 'missing.ndjson'}: no such file or directory"]
+
+
+def test_dry_run_reports_speed_and_writes_nothing(faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "dry"
+    assert train_main([*TINY_FLAGS, "--data", str(faces), "--out", str(run), "--dry-run", "--max-minutes", "1"]) == 0
+    assert "steps/s" in capsys.readouterr().out and not run.exists()

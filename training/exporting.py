@@ -1,0 +1,48 @@
+"""``sketchserve export``: a run's checkpoint -> the model artifact, with provenance and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sketchserve.training.checkpoint import BEST, CHECKPOINT, load_checkpoint
+from sketchserve.training.config import ModelConfig, TrainConfig, config_from_dict
+from sketchserve.training.export import export_artifact
+from sketchserve.training.model import SketchRNN
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> SketchRNN:
+    """The trained model (eval mode, CPU) a checkpoint describes."""
+    cfg = config_from_dict(ModelConfig, ckpt["model_config"])
+    model = SketchRNN(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def manifest_from_checkpoint(ckpt: dict[str, Any], last: dict[str, Any], name: str, version: str) -> dict[str, Any]:
+    metrics = ckpt.get("metrics", {})
+    spec = ckpt.get("spec", {})
+    return {
+        "name": name,
+        "version": version,
+        "data": ckpt.get("data", {}),
+        "metrics": {"valid": metrics.get("valid", {}), "test": metrics.get("test", {})},
+        "training": {
+            "steps": ckpt["step"],
+            "wall_seconds": round(float(ckpt.get("wall_seconds", 0.0)), 1),
+            "command": spec.get("command", ""),
+            "run_steps": last["step"],
+            "run_wall_seconds": round(float(last.get("wall_seconds", 0.0)), 1),
+            "selected_by": "lowest validation loss",
+        },
+    }
+
+
+def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str, which: str = "best") -> Path:
+    """Export ``best.pt`` (or ``ckpt.pt`` for ``which="last"``) of ``run_dir`` into ``out_dir``."""
+    last = load_checkpoint(run_dir / CHECKPOINT)
+    ckpt = load_checkpoint(run_dir / BEST) if which == "best" and (run_dir / BEST).is_file() else last
+    model = model_from_checkpoint(ckpt)
+    train_cfg = config_from_dict(TrainConfig, ckpt["train_config"])
+    manifest = manifest_from_checkpoint(ckpt, last, name, version)
+    return export_artifact(model, model.cfg, out_dir, manifest, train_cfg)

@@ -1,0 +1,87 @@
+"""``sketchserve sample``: new drawings from an artifact, from the prior or around given sketches."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sketchserve.artifact import load_artifact
+from sketchserve.data import iter_drawings
+from sketchserve.render import render_png
+from sketchserve.strokes import stroke3_to_drawing, stroke5_to_stroke3
+from sketchserve.training.config import ConfigError
+from sketchserve.training.encode import encode_stroke3
+
+logger = logging.getLogger(__name__)
+
+NOISE_CHANNELS = 4  # component pick, two standard normals, pen pick (docs/contracts.md)
+COORD_DECIMALS = 2  # ndjson coordinates: canonical units to 1/100
+GRID_COLUMNS = 8  # prior samples per PNG row
+
+
+def decoder_noise(seed: int, index: int, steps: int) -> np.ndarray:
+    """The noise of sketch ``index`` of a seeded request: never depends on the other sketches."""
+    rng = np.random.default_rng([seed, index])
+    noise = rng.random((steps, NOISE_CHANNELS), dtype=np.float32)
+    noise[:, 1:3] = rng.standard_normal((steps, 2), dtype=np.float32)
+    return noise
+
+
+def decode(artifact: Any, z: np.ndarray, temperature: float, seed: int) -> list[np.ndarray]:
+    """Stroke-3 drawings decoded from latent codes ``z [n, Nz]`` at ``temperature``."""
+    steps = int(artifact.manifest["max_seq_len"])
+    noise = torch.from_numpy(np.stack([decoder_noise(seed, i, steps) for i in range(len(z))]))
+    with torch.inference_mode():
+        s5, lengths = artifact.decoder.sample(torch.from_numpy(np.asarray(z, dtype=np.float32)), noise, float(temperature))
+    return [stroke5_to_stroke3(s5[i, : int(n)].numpy()) for i, n in enumerate(lengths.tolist())]
+
+
+def latent_codes(artifact: Any, n: int, around: list[np.ndarray], seed: int) -> np.ndarray:
+    """``n`` draws from the prior, or each ``around`` sketch's ``mu`` ``n`` times (the decoder's
+    noise at the chosen temperature then varies them: Ha & Eck's conditional sampling)."""
+    size = int(artifact.manifest["latent_size"])
+    if not around:
+        return np.random.default_rng([seed, size]).standard_normal((n, size)).astype(np.float32)
+    return np.repeat(encode_stroke3(artifact, around, progress=False), n, axis=0)
+
+
+def _ndjson_line(s3: np.ndarray, word: str, source: str, temperature: float) -> str:
+    strokes = [np.round(points, COORD_DECIMALS).T.tolist() for points in stroke3_to_drawing(s3)] if len(s3) else []
+    return json.dumps({"word": word, "source": source, "temperature": temperature, "drawing": strokes})
+
+
+def sample_command(
+    model_dir: Path, n: int, temperature: float, around: Path | None, limit: int, seed: int, out: Path
+) -> list[Path]:
+    """Write ``OUT.ndjson`` and ``OUT.png``; returns their paths."""
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    if temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0, got {temperature}")
+    artifact = load_artifact(model_dir, "cpu")
+    max_len = int(artifact.manifest["max_seq_len"])
+    word = str(artifact.manifest.get("name", "sketch"))
+    sources = ["prior"] * n
+    sketches: list[np.ndarray] = []
+    if around is not None:
+        records = [r for r in iter_drawings([around]) if 0 < len(r.stroke3) <= max_len][:limit]
+        if not records:
+            raise ConfigError(f"{around}: no drawing of 1 to {max_len} points to sample around")
+        sketches = [r.stroke3 for r in records]
+        sources = [r.source for r in records for _ in range(n)]
+        word = records[0].word
+    drawings = decode(artifact, latent_codes(artifact, n, sketches, seed), temperature, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ndjson = out.with_suffix(".ndjson")
+    ndjson.write_text("".join(_ndjson_line(d, word, s, temperature) + "\n" for d, s in zip(drawings, sources)))
+    if sketches:
+        grid = [d for i, original in enumerate(sketches) for d in [original, *drawings[i * n : (i + 1) * n]]]
+        png = render_png(grid, out.with_suffix(".png"), columns=n + 1)
+    else:
+        png = render_png(drawings, out.with_suffix(".png"), columns=min(n, GRID_COLUMNS))
+    return [ndjson, png]
