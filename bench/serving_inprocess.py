@@ -40,18 +40,19 @@ def load(model_dir: Path, torch_threads: int) -> SketchModel:
     return load_model(model_dir, "cpu")
 
 
-def _encode(model: SketchModel, batch: Sequence[np.ndarray], max_points: int) -> object:
+def _encode(model: SketchModel, batch: Sequence[np.ndarray], max_points: int, seed: int) -> object:
     x, lengths = collate_stroke3(batch)
     return model.encode(x, lengths)
 
 
-def _reconstruct(model: SketchModel, batch: Sequence[np.ndarray], max_points: int) -> object:
+def _reconstruct(model: SketchModel, batch: Sequence[np.ndarray], max_points: int, seed: int) -> object:
+    """Encode, then decode ``mu`` with the server's per-sketch noise (seeded by ``seed``, index)."""
     steps = max_points or model.spec.max_seq_len
     x, lengths = collate_stroke3(batch)
     z = model.encode(x, lengths).mu
     noise = torch.zeros(len(batch), steps, NOISE_CHANNELS)
     for i in range(len(batch)):
-        noise[i] = sketch_noise(sketch_seed(0, i), steps)
+        noise[i] = sketch_noise(sketch_seed(seed, i), steps)
     return model.sample(z, noise, 0.0)
 
 
@@ -78,5 +79,5 @@ def measure(
         [sketches[(b * batch_size + i) % len(sketches)] for i in range(batch_size)] for b in range(DISTINCT_BATCHES)
     ]
     runner = RUNNERS[method]
-    seconds = _time(lambda i: runner(model, batches[i % DISTINCT_BATCHES], max_points), min_seconds)
+    seconds = _time(lambda i: runner(model, batches[i % DISTINCT_BATCHES], max_points, i), min_seconds)
     return InProcessResult(method, batch_size, batch_size / seconds, seconds * 1000.0)
