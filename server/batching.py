@@ -12,10 +12,12 @@ busy while items arrive, so batches fill without waiting; a lone call waits at
 most ``max_delay_s``.
 
 Batch formation: the oldest item is always in the next batch (no starvation);
-the rest of the batch are the items of its group closest to it in ``cost``
-(sketch length), so short sketches do not pay for long ones. A request with
-more items than ``max_batch_size`` is split across batches; its future
-resolves when all of its items are done, results in request order.
+the rest of the batch are, among the next ``REORDER_WINDOW_BATCHES *
+max_batch_size`` items of its group in arrival order, those closest to it in
+``cost`` (sketch length), so short sketches do not pay for long ones while
+requests still finish roughly in arrival order. A request with more items than
+``max_batch_size`` is split across batches; its future resolves when all of its
+items are done, results in request order.
 
 Each request has one asyncio future, resolved from the worker thread through
 ``loop.call_soon_threadsafe``. A failed batch fails every request with an item
@@ -46,6 +48,9 @@ RunBatch = Callable[[Hashable, list[P]], Sequence[R]]
 DROP_CANCELLED = "cancelled"
 DROP_DEADLINE = "deadline"
 DROP_FAILED = "failed"
+# Batch formation looks this many batches' worth of queued items past the oldest for similar
+# lengths: enough to group lengths, few enough that requests finish roughly in arrival order.
+REORDER_WINDOW_BATCHES = 4
 
 
 class QueueFull(Exception):
@@ -226,9 +231,9 @@ class Batcher(Generic[P, R]):
                     self._cond.wait()
                     continue
                 oldest = self._queue[0]
-                peers = sum(1 for q in self._queue if q.item.group == oldest.item.group)
+                full = len(self._peers_locked(oldest, self.max_batch_size)) >= self.max_batch_size
                 wait_s = oldest.enqueued + self.max_delay_s - time.monotonic()
-                if peers >= self.max_batch_size or wait_s <= 0 or self._closed:
+                if full or wait_s <= 0 or self._closed:
                     return self._take_locked(oldest)
                 self._cond.wait(timeout=wait_s)
 
@@ -266,8 +271,18 @@ class Batcher(Generic[P, R]):
             if count:
                 self._observer.on_dropped(self.name, reason, count)
 
+    def _peers_locked(self, oldest: _Queued[P], limit: int) -> list[_Queued[P]]:
+        """Up to ``limit`` queued items of the oldest item's group, in arrival order (the oldest first)."""
+        peers: list[_Queued[P]] = []
+        for q in self._queue:
+            if q.item.group == oldest.item.group:
+                peers.append(q)
+                if len(peers) == limit:
+                    break
+        return peers
+
     def _take_locked(self, oldest: _Queued[P]) -> list[_Queued[P]]:
-        peers = [q for q in self._queue if q.item.group == oldest.item.group]
+        peers = self._peers_locked(oldest, REORDER_WINDOW_BATCHES * self.max_batch_size)
         if len(peers) > self.max_batch_size:
             peers.sort(key=lambda q: (abs(q.item.cost - oldest.item.cost), q.seq))
             peers = peers[: self.max_batch_size]

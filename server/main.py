@@ -106,7 +106,8 @@ class BuiltServer:
         await self.server.start()
         if self.config.metrics_port >= 0:
             self.metrics_http = self.metrics.serve_http(self.config.metrics_port)
-        log.info("listening", extra=fields(port=self.port, metrics_port=self.metrics_port))
+        metrics_port = "off" if self.metrics_port is None else self.metrics_port
+        log.info("listening", extra=fields(port=self.port, metrics_port=metrics_port))
 
     async def load(self) -> None:
         """Verify, load and warm the model off the event loop, then report SERVING."""

@@ -16,6 +16,7 @@ from sketchserve.server.batching import (
     BatcherClosed,
     BatchItem,
     DeadlineDropped,
+    REORDER_WINDOW_BATCHES,
     QueueFull,
 )
 
@@ -119,6 +120,24 @@ def test_batches_group_similar_lengths_around_the_oldest_item() -> None:
     asyncio.run(scenario())
     assert sorted(recorder.batches[1]) == [98, 99, 100]
     assert sorted(recorder.batches[2]) == [1, 2, 3]
+
+
+def test_length_grouping_looks_only_a_few_batches_ahead() -> None:
+    recorder = Recorder()
+    batcher = make_batcher(recorder, max_batch_size=2)
+    window = REORDER_WINDOW_BATCHES * 2
+    costs = [100] + [1] * window + [100]
+
+    async def scenario() -> None:
+        blocker = await occupy_worker(batcher, recorder)
+        queued = asyncio.create_task(batcher.submit(items(*costs)))
+        await asyncio.sleep(0)
+        recorder.gate.set()
+        await blocker
+        assert await queued == [2 * c for c in costs]
+
+    asyncio.run(scenario())
+    assert recorder.batches[1] == [100, 1]
 
 
 def test_items_of_different_groups_never_share_a_batch() -> None:
