@@ -45,18 +45,17 @@ already simplified, reaches the model in the same frame:
 5. round to integers.
 
 The result does not depend on the drawing's position or size: after step 2 the
-coordinates are snapped to a 2^-20 (about 1e-6) grid (``SNAP_GRID``), so a shifted or
-uniformly scaled copy (whose floats differ from the original's by rounding
+coordinates are snapped to a 2^-20 (about 1e-6) grid (``SNAP_GRID``), so a
+shifted or uniformly scaled copy (whose floats differ from the original's by rounding
 noise only) continues through steps 3-5 as the bit-identical array. Every step
 works on each drawing independently, so a drawing's result does not depend on
 the batch it is processed in either.
 
 Degenerate inputs: consecutive repeated points of a stroke count once; a
-stroke that shrinks to one point (a single point, a tap of equal points, or a
-stroke shorter than the rounding) becomes a dot of two equal points, as it is in
-Google's simplified data, so every canonical stroke has at least two points. A
-drawing with zero extent (all points equal) maps every point to ``(0, 0)`` (no
-division by zero, no NaN).
+stroke whose points are all equal (a single point, or a tap) becomes a dot of
+two equal points, as dots are in Google's simplified data, so every canonical
+stroke has at least two points. A drawing with zero extent (all points equal)
+maps every point to ``(0, 0)`` (no division by zero, no NaN).
 
 Agreement with Google: on the 266 drawings of ``../shared/data/raw/`` whose
 simplified twin is present, the canonical form has the twin's point count in
