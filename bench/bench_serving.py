@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,7 +96,7 @@ class Goal:
 def parse_args(argv: Sequence[str]) -> BenchConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="artifact directory (default: models/face or random)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 0.1 s warm-up, 0.3 s windows")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 0.05 s warm-up, 0.2 s windows")
     parser.add_argument("--warmup", type=float, default=None, help="seconds of load before each window (default 1)")
     parser.add_argument("--duration", type=float, default=None, help="seconds measured per cell (default 4)")
     parser.add_argument("--max-calls", type=int, default=None, help="calls per cell at most (default 100000)")
@@ -110,8 +111,8 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
         model=args.model,
         concurrency=_ints(args.concurrency, "--concurrency"),
         sketches_per_call=_ints(args.sketches_per_call, "--sketches-per-call"),
-        warmup_s=args.warmup if args.warmup is not None else (0.1 if quick else 1.0),
-        duration_s=args.duration if args.duration is not None else (0.3 if quick else 4.0),
+        warmup_s=args.warmup if args.warmup is not None else (0.05 if quick else 1.0),
+        duration_s=args.duration if args.duration is not None else (0.2 if quick else 4.0),
         max_calls=args.max_calls if args.max_calls is not None else (200 if quick else 100_000),
         max_points=args.max_points,
         torch_threads=args.torch_threads,
@@ -212,10 +213,17 @@ def served(config: BenchConfig, model_dir: Path, sketches: tuple[bytes, ...]) ->
         "--max-sketches-per-request", str(max(config.sketches_per_call)),
     ]
     rows: list[Row] = []
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        for name, extra in (("batched", []), ("unbatched", ["--max-batch-size", "1"])):
-            with ServerProcess(model_dir, common + extra) as server:
-                rows += run_grid(pool, server, name, config, sketches)
+    with ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(ServerProcess(model_dir, common + extra))
+            for name, extra in (("batched", []), ("unbatched", ["--max-batch-size", "1"]))
+        }
+        pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(1))
+        for name, server in servers.items():
+            server.wait_serving()
+            log.info("%s server serving on %s", name, server.target)
+        for name, server in servers.items():
+            rows += run_grid(pool, server, name, config, sketches)
     return rows
 
 
@@ -326,10 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_max = int(manifest["max_seq_len"])
         config = replace(config, max_points=min(config.max_points, model_max))
         drawings = load_drawings(model_max)
+        log.info("%s", drawings.source)
         pool = tuple(sketch_to_pb(s).SerializeToString() for s in drawings.sketches)
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         load_before = os.getloadavg()[0]
         rows = served(config, model_dir, pool)
+        log.info("measuring the artifact in-process")
         limits = in_process(config, model_dir, drawings.canonical, rows)
         conditions = [
             f"Run {started} on {platform.machine()} with {os.cpu_count()} CPUs, load average {load_before:.2f} "

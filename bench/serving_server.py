@@ -46,7 +46,11 @@ class BatchTotals:
 
 
 class ServerProcess:
-    """Runs ``sketchserve serve`` with ``extra_args``; a context manager that stops it with SIGTERM."""
+    """Starts ``sketchserve serve`` with ``extra_args``; :meth:`wait_serving` waits until it is up.
+
+    A context manager that stops the process with SIGTERM (servers start in parallel,
+    each loading torch and the model, then are measured one at a time).
+    """
 
     def __init__(self, model_dir: Path, extra_args: list[str]) -> None:
         self.port = free_port()
@@ -60,11 +64,6 @@ class ServerProcess:
         ]
         self.command = command
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_serving()
-        except BaseException:
-            self.stop()
-            raise
 
     def _log_tail(self) -> str:
         self._log.seek(0)
@@ -82,7 +81,7 @@ class ServerProcess:
                 raise RuntimeError(f"server health: {error.code().name}:\n{self._log_tail()}") from None
         return False
 
-    def _wait_serving(self) -> None:
+    def wait_serving(self) -> None:
         """Watch the health service in slices, so a server that exits is noticed at once."""
         deadline = time.monotonic() + START_TIMEOUT_S
         with grpc.insecure_channel(self.target) as channel:
