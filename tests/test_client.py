@@ -20,6 +20,7 @@ from server_fixtures import (  # noqa: F401 - fixtures used by name
     tiny_model,
 )
 from sketchserve.client import AsyncSketchClient, Sampling, Sketch, SketchClient, SketchServiceError
+from sketchserve.client import health
 from sketchserve.client.convert import sketch_from_pb
 
 pytestmark = pytest.mark.timeout(120)
@@ -125,12 +126,20 @@ def test_deadline_and_malformed_input(clustered_server: RunningServer) -> None: 
 def test_unavailable_is_retried_through_the_service_config(tiny_model: Path) -> None:  # noqa: F811
     attempts = 3
     with running_server(server_config(tiny_model), load=False) as server:
+        assert health.main(["--target", server.target]) == 1  # listening, not loaded: NOT_SERVING
+        assert health.check_health(server.target).status == "NOT_SERVING"
         with SketchClient(server.target, retry_attempts=attempts, retry_initial_backoff=0.01) as client:
             with pytest.raises(SketchServiceError) as info:
                 client.encode(_sketches(8, 1))
     # Read once the server has stopped: it counts a call just after answering it.
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
     assert server.metric("sketchserve_requests_total", method="Encode", code="UNAVAILABLE") == attempts
+
+
+def test_health_probe(clustered_server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    assert health.main(["--target", clustered_server.target]) == 0
+    assert capsys.readouterr().out == f"{clustered_server.target}: SERVING\n"
+    assert health.check_health("127.0.0.1:1", timeout=1.0) == health.HealthStatus(False, "UNAVAILABLE")
 
 
 def test_async_client(clustered_server: RunningServer) -> None:  # noqa: F811
