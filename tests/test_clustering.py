@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sketchserve.artifact import load_artifact, read_manifest, verify_checksums
-from sketchserve.strokes import drawing_from_xy, preprocess
+from sketchserve.strokes import drawing_from_xy, preprocess, stroke3_to_stroke5
 from sketchserve.training.clustering import cluster_main
 from sketchserve.training.encode import encode_stroke3
 from sketchserve.training.kmeans import (
@@ -180,3 +180,61 @@ def test_shape_not_size_copies_share_mu_and_cluster(tiny_model: Path, data_dir: 
     others = encode_stroke3(artifact, [preprocess(d) for d in drawings[1:]], progress=False)
     fit = fit_kmeans(np.vstack([others, mu]).astype(np.float64), 3, random_state=0, n_init=4)
     assert len(set(fit.labels[-4:].tolist())) == 1
+
+
+def test_from_cluster_filter_keeps_exactly_the_members_of_cluster_k(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    from sketchserve.data import iter_drawings
+    from sketchserve.training.config import ConfigError
+    from sketchserve.training.from_cluster import ClusterFilter, artifact_weights, parse_cluster_ref
+
+    model = _fresh_copy(tiny_model, tmp_path)
+    faces = data_dir / "sketchrnn" / "face.npz"
+    assert cluster_main([str(model), "--data", str(faces), "--split", "valid", "--k", "3", "--no-progress"]) == 0
+    sizes = json.loads((model / "clusters.json").read_text())["sizes"]
+    with pytest.raises(ConfigError, match="clusters 0..2, not 3"):
+        parse_cluster_ref(f"{model}:3")
+    with pytest.raises(ConfigError, match="MODEL_DIR:K"):
+        parse_cluster_ref(str(model))
+    records = list(iter_drawings([faces], split="valid"))
+    kept = [ClusterFilter(parse_cluster_ref(f"{model}:{c}"), progress=False)(records) for c in range(3)]
+    assert [len(k) for k in kept] == sizes  # same data, same assignment as the clustering
+    assert {id(r) for k in kept for r in k} == {id(r) for r in records}
+    init = artifact_weights(model)
+    assert init.model.latent_size == 8 and "encoder.mu.weight" in init.state_dict and init.scale > 0
+
+
+def test_train_from_cluster_fine_tunes_then_samples_new_members(
+    tiny_model: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sketchserve.training.cli import export_main, sample_main, train_main
+    from sketchserve.training.from_cluster import artifact_weights
+    from sketchserve.training.model import SketchRNN
+
+    model = _fresh_copy(tiny_model, tmp_path)
+    faces = str(data_dir / "sketchrnn" / "face.npz")
+    assert cluster_main([str(model), "--data", faces, "--split", "test", "--k", "2", "--no-progress"]) == 0
+    init = artifact_weights(model)  # --fine-tune's starting point reproduces the artifact's encoder
+    net = SketchRNN(init.model)
+    net.load_state_dict(init.state_dict)
+    artifact = load_artifact(model, torch.device("cpu"))
+    sketches = [np.asarray(s, dtype=np.float32) for s in json.loads((model / "clusters.json").read_text())["exemplars"][0]]
+    expected = encode_stroke3(artifact, sketches, progress=False)
+    with torch.inference_mode():
+        x = torch.from_numpy(np.stack([stroke3_to_stroke5(s, max(len(t) for t in sketches)) for s in sketches]))
+        mu, _ = net.encoder(x, torch.tensor([len(s) for s in sketches]))
+    np.testing.assert_allclose(mu.numpy(), expected, atol=1e-5)
+
+    run, out = tmp_path / "run", tmp_path / "group"
+    argv = ["--data", faces, "--from-cluster", f"{model}:1", "--fine-tune", "--out", str(run), "--threads", "1"]
+    assert train_main([*argv, "--max-steps", "2", "--eval-every", "2", "--checkpoint-every", "2", "--batch-size", "8"]) == 0
+    assert export_main([str(run), "--out", str(out)]) == 0
+    manifest = read_manifest(out)
+    assert manifest["data"]["filter"] == f"drawings assigned to cluster 1 of {model}"
+    assert manifest["scale_factor"] == pytest.approx(read_manifest(model)["scale_factor"])  # fine-tuned, not anew
+    assert sample_main([str(out), "--n", "3", "--out", str(tmp_path / "new")]) == 0
+    assert len((tmp_path / "new.ndjson").read_text().splitlines()) == 3
+    capsys.readouterr()
+    assert train_main(["--data", faces, "--from-cluster", f"{model}:7", "--out", str(tmp_path / "bad")]) == 2
+    assert "clusters 0..1, not 7" in capsys.readouterr().err

@@ -62,6 +62,8 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="load data, time a few steps, write nothing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--from-cluster", metavar="MODEL_DIR:K", default=None, help="only the drawings MODEL_DIR puts in its cluster K")
+    parser.add_argument("--fine-tune", action="store_true", help="with --from-cluster: start from MODEL_DIR's weights")
     _add_config_flags(parser, ModelConfig, "model")
     _add_config_flags(parser, TrainConfig, "training")
     return parser
@@ -69,7 +71,12 @@ def train_parser() -> argparse.ArgumentParser:
 
 def record_filter_from_args(args: argparse.Namespace) -> tuple[RecordFilter | None, str | None]:
     """The subset of records to train on and its description (hook for ``--from-cluster``); all by default."""
-    return None, None
+    if args.from_cluster is None:
+        return None, None
+    from sketchserve.training.from_cluster import ClusterFilter, parse_cluster_ref
+
+    selection = ClusterFilter(parse_cluster_ref(args.from_cluster))
+    return selection, selection.description
 
 
 def train_main(argv: list[str]) -> int:
@@ -82,6 +89,7 @@ def train_main(argv: list[str]) -> int:
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    from sketchserve.training.from_cluster import artifact_model_config, fine_tune_source
     from sketchserve.training.train import RunSpec, train
 
     if not args.data and not args.resume:
@@ -91,11 +99,12 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ConfigError(f"--max-minutes must be > 0, got {args.max_minutes}")
     record_filter, description = record_filter_from_args(args)
+    init_from = fine_tune_source(args.from_cluster, args.fine_tune)
     spec = RunSpec(
         out_dir=args.out,
         data=tuple(args.data),
         categories=tuple(args.categories),
-        model=_config_from_args(ModelConfig, args),
+        model=_config_from_args(ModelConfig, args, artifact_model_config(init_from) if init_from else None),
         train=_config_from_args(TrainConfig, args),
         resume=args.resume,
         max_minutes=args.max_minutes,
@@ -104,6 +113,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         device=args.device,
         command=shlex.join(["sketchserve", "train", *argv]),
         filter_description=description,
+        init_from=init_from,
     )
     result = train(spec, record_filter)
     if args.dry_run:

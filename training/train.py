@@ -28,6 +28,7 @@ from sketchserve.progress import Progress
 from sketchserve.training.checkpoint import CHECKPOINT, BEST, load_checkpoint, save_checkpoint
 from sketchserve.training.config import ModelConfig, TrainConfig
 from sketchserve.training.dataset import Batch, Dataset, RecordFilter, fixed_batches, load_dataset, sample_batch, scale_factor
+from sketchserve.training.from_cluster import artifact_weights
 from sketchserve.training.model import SketchRNN
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class RunSpec:
     device: str = "auto"
     command: str = ""
     filter_description: str | None = None
+    # --fine-tune: start from this artifact's weights and scale factor instead of from scratch.
+    init_from: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -238,8 +241,11 @@ def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist
     cfg, tcfg = spec.model, spec.train
     torch.manual_seed(tcfg.seed)
     model = SketchRNN(cfg)
-    scale = ckpt["scale_factor"] if ckpt else scale_factor(data.train)
+    init = artifact_weights(spec.init_from) if spec.init_from and not ckpt else None
+    scale = ckpt["scale_factor"] if ckpt else (init.scale if init else scale_factor(data.train))
     model.set_scale(scale)
+    if init:
+        model.load_state_dict(init.state_dict)
     model.to(dist.device)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.learning_rate)
     state = _State()

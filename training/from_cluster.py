@@ -1,0 +1,114 @@
+"""Train on the group you like: `sketchserve train --data FILES --from-cluster MODEL_DIR:K [--fine-tune]`.
+
+`cluster_filter` keeps only the drawings that MODEL_DIR's encoder assigns to its
+stored cluster K (nearest centroid of clusters.json, as the server's Assign
+does); `artifact_weights` gives that model's config, weights and scale factor so
+that `--fine-tune` starts from them instead of from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sketchserve.artifact import CLUSTERS_FILE, read_manifest
+from sketchserve.data import DrawingRecord
+from sketchserve.training.config import ConfigError, ModelConfig, config_from_dict
+from sketchserve.training.dataset import DataError
+from sketchserve.training.kmeans import assign
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterRef:
+    """MODEL_DIR:K of --from-cluster."""
+
+    model_dir: Path
+    cluster: int
+
+    def __str__(self) -> str:
+        return f"{self.model_dir}:{self.cluster}"
+
+
+@dataclass(frozen=True)
+class InitialWeights:
+    """What --fine-tune starts from: the artifact's model config, weights and offset scale."""
+
+    model: ModelConfig
+    state_dict: dict[str, Any]
+    scale: float
+
+
+def parse_cluster_ref(text: str) -> ClusterRef:
+    """'models/face:3' -> ClusterRef; checks that the artifact has clusters.json with that cluster."""
+    directory, sep, index = text.rpartition(":")
+    if not sep or not directory or not index.strip().isdigit():
+        raise ConfigError(f"--from-cluster must be MODEL_DIR:K (K a cluster index), got {text!r}")
+    ref = ClusterRef(Path(directory), int(index))
+    path = ref.model_dir / CLUSTERS_FILE
+    if not path.is_file():
+        raise ConfigError(f"--from-cluster: {path} does not exist (run `sketchserve cluster {ref.model_dir} --data FILES`)")
+    k = int(json.loads(path.read_text())["k"])
+    if ref.cluster >= k:
+        raise ConfigError(f"--from-cluster: {ref.model_dir} has clusters 0..{k - 1}, not {ref.cluster}")
+    return ref
+
+
+@dataclass(frozen=True)
+class ClusterFilter:
+    """A record filter (training.dataset.RecordFilter): the records the artifact assigns to one cluster."""
+
+    ref: ClusterRef
+    progress: bool = True
+
+    @property
+    def description(self) -> str:
+        return f"drawings assigned to cluster {self.ref.cluster} of {self.ref.model_dir}"
+
+    def __call__(self, records: list[DrawingRecord]) -> list[DrawingRecord]:
+        import torch
+
+        from sketchserve.artifact import load_artifact
+        from sketchserve.training.encode import encode_stroke3
+
+        artifact = load_artifact(self.ref.model_dir, torch.device("cpu"))
+        centroids = np.asarray(artifact.clusters["centroids"], dtype=np.float64)
+        codes = encode_stroke3(artifact, [r.stroke3 for r in records], progress=self.progress, label="assign")
+        keep = assign(codes.astype(np.float64), centroids) == self.ref.cluster
+        kept = [r for r, k in zip(records, keep.tolist()) if k]
+        log.info("--from-cluster %s keeps %d of %d drawings", self.ref, len(kept), len(records))
+        if not kept:
+            raise DataError(f"--from-cluster {self.ref}: none of the {len(records)} drawings falls in cluster {self.ref.cluster}")
+        return kept
+
+
+def fine_tune_source(from_cluster: str | None, fine_tune: bool) -> Path | None:
+    """The artifact --fine-tune starts from (the --from-cluster model), or None to train anew."""
+    if not fine_tune:
+        return None
+    if from_cluster is None:
+        raise ConfigError("--fine-tune needs --from-cluster MODEL_DIR:K (the model to start from)")
+    return parse_cluster_ref(from_cluster).model_dir
+
+
+def artifact_model_config(model_dir: Path) -> ModelConfig:
+    """The ModelConfig an artifact was trained with (its manifest's hparams)."""
+    return config_from_dict(ModelConfig, read_manifest(model_dir).get("hparams", {}))
+
+
+def artifact_weights(model_dir: Path) -> InitialWeights:
+    """The artifact's TorchScript weights as a SketchRNN state dict (keys `encoder.*`, `decoder.*`)."""
+    from sketchserve.artifact import load_artifact
+
+    artifact = load_artifact(model_dir, "cpu")
+    state = {f"encoder.{k}": v for k, v in artifact.encoder.state_dict().items()}
+    state.update({f"decoder.{k}": v for k, v in artifact.decoder.state_dict().items()})
+    return InitialWeights(
+        model=artifact_model_config(model_dir), state_dict=state, scale=float(artifact.manifest["scale_factor"])
+    )
