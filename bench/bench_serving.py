@@ -71,6 +71,7 @@ class BenchConfig:
     duration_s: float
     max_calls: int
     max_points: int  # Reconstruct output length: the figures are for 100-step decodes
+    max_round_s: float  # longest wait for a cell's first round of completions (steady state)
     torch_threads: int  # server and in-process alike (the server's default is 1)
     out: Path | None
 
@@ -100,6 +101,9 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
     parser.add_argument("--warmup", type=float, default=None, help="seconds of load before each window (default 1)")
     parser.add_argument("--duration", type=float, default=None, help="seconds measured per cell (default 4)")
     parser.add_argument("--max-calls", type=int, default=None, help="calls per cell at most (default 100000)")
+    parser.add_argument(
+        "--max-round", type=float, default=None, help="longest wait for steady state per cell (default 30 s)"
+    )
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated (default %(default)s)")
     parser.add_argument("--sketches-per-call", default="1,32", help="comma-separated (default %(default)s)")
     parser.add_argument("--max-points", type=int, default=100, help="Reconstruct output points (default %(default)s)")
@@ -115,6 +119,7 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
         duration_s=args.duration if args.duration is not None else (0.2 if quick else 4.0),
         max_calls=args.max_calls if args.max_calls is not None else (200 if quick else 100_000),
         max_points=args.max_points,
+        max_round_s=args.max_round if args.max_round is not None else (2.0 if quick else 30.0),
         torch_threads=args.torch_threads,
         out=args.out,
     )
@@ -194,10 +199,10 @@ def run_grid(
             for per_call in config.sketches_per_call:
                 spec = CellSpec(
                     server.target, method, concurrency, per_call, sketches, config.warmup_s, config.duration_s,
-                    config.max_calls, config.max_points,
+                    config.max_calls, config.max_points, config.max_round_s,
                 )
                 before = server.batch_totals(BATCHER[method])
-                timeout = config.warmup_s + config.duration_s + CELL_TIMEOUT_SLACK_S
+                timeout = config.warmup_s + config.max_round_s + config.duration_s + CELL_TIMEOUT_SLACK_S
                 result = pool.apply_async(run_cell, (spec,)).get(timeout=timeout)
                 mean_batch = server.batch_totals(BATCHER[method]).mean_since(before)
                 rows.append(Row(name, method, concurrency, per_call, result, mean_batch))
@@ -313,8 +318,15 @@ def report(config: BenchConfig, conditions: list[str], rows: list[Row], limits: 
         c = r.result
         lines.append(
             f"| {r.server} | {r.method} | {r.concurrency} | {r.sketches_per_call} | {c.calls_per_s:.1f} | "
-            f"{c.sketches_per_s:.1f} | {c.p50_ms:.2f} | {c.p99_ms:.2f} | {r.mean_batch:.1f} | {_errors(c)} |"
+            f"{c.sketches_per_s:.1f}{'' if c.steady else ' *'} | {c.p50_ms:.2f} | {c.p99_ms:.2f} | "
+            f"{r.mean_batch:.1f} | {_errors(c)} |"
         )
+    if not all(r.result.steady for r in rows):
+        lines += [
+            "",
+            f"\\* not in steady state: the first round of calls had not come back {config.max_round_s} s after "
+            "the warm-up; the window measured the calls that finished first, so latencies are too low.",
+        ]
     lines += ["", "In-process limit (the artifact, no gRPC):", "", "| method | batch | sketches/s | ms/batch |"]
     lines.append("|---|---:|---:|---:|")
     for (method, size), limit in sorted(limits.items()):

@@ -2,10 +2,13 @@
 
 ``run_cell(spec)`` opens one grpc.aio channel to ``spec.target`` (127.0.0.1),
 starts ``spec.concurrency`` workers that each send the next prebuilt request as
-soon as their previous one answers, and measures the calls that finish inside
-the window ``[warmup, warmup + duration]``. It stops at the end of the window
-or after ``spec.max_calls`` calls, whichever comes first, and cancels what is
-still in flight (the server drops cancelled calls before computing them).
+soon as their previous one answers, and measures the calls that finish inside a
+window of ``duration`` seconds. The window opens in steady state: after the
+warm-up and after one round of completions (as many as there are workers), or
+at ``max_round_s`` past the warm-up when a round takes longer (then the result
+says ``steady=False``). It stops at the end of the window or after
+``max_calls`` calls, whichever comes first, and cancels what is still in flight
+(the server drops cancelled calls before computing them).
 
 Requests are built once, before the clock starts, and sent through the raw stub
 with the client's channel options: the 2 CPU cores are shared with the server,
@@ -44,6 +47,7 @@ class CellSpec:
     duration_s: float
     max_calls: int
     max_points: int = 0  # Reconstruct: most points per output drawing
+    max_round_s: float = 30.0  # longest wait past the warm-up for the first round of completions
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class CellResult:
     p50_ms: float
     p99_ms: float
     errors: dict[str, int] = field(default_factory=dict)  # status code name -> calls failed in the window
+    steady: bool = True  # False: the first round had not come back when the window opened
 
     @property
     def calls_per_s(self) -> float:
@@ -79,59 +84,73 @@ def build_requests(spec: CellSpec) -> list[object]:
 
 @dataclass
 class _Tally:
+    """What the workers record; ``end`` moves from the hard cap to the window's end once that is known."""
+
+    end: float
     started: int = 0
-    latencies: list[float] = field(default_factory=list)
-    errors: Counter = field(default_factory=Counter)
-    last_finish: float = 0.0
+    completed: int = 0
+    finished: list[tuple[float, float]] = field(default_factory=list)  # (finish time, latency) of OK calls
+    failed: list[tuple[float, str]] = field(default_factory=list)  # (time, status code name)
+    first_round: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def _worker(
-    index: int, method: grpc.aio.UnaryUnaryMultiCallable, requests: list[object], spec: CellSpec,
-    window: tuple[float, float], tally: _Tally,
+    index: int, method: grpc.aio.UnaryUnaryMultiCallable, requests: list[object], spec: CellSpec, tally: _Tally
 ) -> None:
-    start, end = window
     sent = 0
-    while (now := time.monotonic()) < end and tally.started < spec.max_calls:
+    while (now := time.monotonic()) < tally.end and tally.started < spec.max_calls:
         tally.started += 1
         request = requests[(index + sent) % len(requests)]
         sent += 1
         try:
-            await method(request, timeout=end - now + CALL_GRACE_S)
+            await method(request, timeout=tally.end - now + CALL_GRACE_S)
         except grpc.aio.AioRpcError as error:
-            if time.monotonic() >= start:
-                tally.errors[error.code().name] += 1
+            tally.failed.append((time.monotonic(), error.code().name))
             continue
         finished = time.monotonic()
-        if start <= finished <= end:
-            tally.latencies.append(finished - now)
-            tally.last_finish = finished
+        tally.finished.append((finished, finished - now))
+        tally.completed += 1
+        if tally.completed >= spec.concurrency:
+            tally.first_round.set()
+
+
+async def _measure(spec: CellSpec, method: grpc.aio.UnaryUnaryMultiCallable, requests: list[object]) -> CellResult:
+    begin = time.monotonic()
+    tally = _Tally(end=begin + spec.warmup_s + spec.max_round_s + spec.duration_s)
+    tasks = [asyncio.create_task(_worker(i, method, requests, spec, tally)) for i in range(spec.concurrency)]
+    # Steady state: the window opens after the warm-up and once every worker's first call could
+    # have come back (one round of completions), but no later than max_round_s.
+    round_wait = asyncio.create_task(tally.first_round.wait())
+    await asyncio.wait([round_wait, *tasks], timeout=spec.warmup_s + spec.max_round_s, return_when=asyncio.FIRST_COMPLETED)
+    steady = tally.first_round.is_set()
+    round_wait.cancel()
+    await asyncio.wait(tasks, timeout=begin + spec.warmup_s - time.monotonic())
+    start = max(time.monotonic(), begin + spec.warmup_s)
+    tally.end = start + spec.duration_s
+    _, pending = await asyncio.wait(tasks, timeout=tally.end - time.monotonic())
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    inside = [latency for finish, latency in tally.finished if start <= finish <= tally.end]
+    window_end = tally.end if pending else max([start, *(finish for finish, _ in tally.finished)])
+    latencies_ms = np.asarray(inside) * 1000.0
+    has = len(latencies_ms) > 0
+    return CellResult(
+        calls=len(latencies_ms),
+        sketches=len(latencies_ms) * spec.sketches_per_call,
+        window_s=window_end - start,
+        p50_ms=float(np.percentile(latencies_ms, P50)) if has else float("nan"),
+        p99_ms=float(np.percentile(latencies_ms, P99)) if has else float("nan"),
+        errors=dict(Counter(code for when, code in tally.failed if start <= when <= tally.end)),
+        steady=steady,
+    )
 
 
 async def _run(spec: CellSpec) -> CellResult:
     requests = build_requests(spec)
     async with grpc.aio.insecure_channel(spec.target, options=channel_options(ClientConfig())) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=CALL_GRACE_S)
-        method = getattr(sketch_pb2_grpc.SketchServiceStub(channel), spec.method)
-        begin = time.monotonic()
-        window = (begin + spec.warmup_s, begin + spec.warmup_s + spec.duration_s)
-        tally = _Tally()
-        workers = [_worker(i, method, requests, spec, window, tally) for i in range(spec.concurrency)]
-        tasks = [asyncio.create_task(w) for w in workers]
-        _, pending = await asyncio.wait(tasks, timeout=window[1] - time.monotonic())
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-    window_end = window[1] if pending else max(tally.last_finish, window[0])
-    latencies_ms = np.asarray(tally.latencies) * 1000.0
-    has = len(latencies_ms) > 0
-    return CellResult(
-        calls=len(latencies_ms),
-        sketches=len(latencies_ms) * spec.sketches_per_call,
-        window_s=window_end - window[0],
-        p50_ms=float(np.percentile(latencies_ms, P50)) if has else float("nan"),
-        p99_ms=float(np.percentile(latencies_ms, P99)) if has else float("nan"),
-        errors=dict(tally.errors),
-    )
+        return await _measure(spec, getattr(sketch_pb2_grpc.SketchServiceStub(channel), spec.method), requests)
 
 
 def run_cell(spec: CellSpec) -> CellResult:
