@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -27,17 +28,33 @@ class AsyncSketchClient(ClientBase):
     async def _run(self, plan: CallPlan[ResultT]) -> ResultT:
         method = getattr(self._stub, plan.method)
         call = self._call_arguments(plan)
+        if not plan.streaming:
+            return plans.finish(plan, await self._concurrently(plan, method, call))
         responses: list[Any] = []
         try:
-            if plan.streaming:
-                async for response in method(iter(plan.requests), **call):
-                    responses.append(response)
-            else:
-                for request in plan.requests:
-                    responses.append(await method(request, **call))
+            async for response in method(iter(plan.requests), **call):
+                responses.append(response)
         except grpc.RpcError as error:
             raise plans.failed(plan, error, len(responses)) from None
         return plans.finish(plan, responses)
+
+    async def _concurrently(self, plan: CallPlan[Any], method: Any, call: dict[str, Any]) -> list[Any]:
+        """The plan's unary requests, ``max_calls_in_flight`` at a time; the first failure cancels the rest."""
+        slots = asyncio.Semaphore(self.config.max_calls_in_flight)
+
+        async def one(index: int, request: Any) -> Any:
+            async with slots:
+                try:
+                    return await method(request, **call)
+                except grpc.RpcError as error:
+                    raise plans.failed(plan, error, index) from None
+
+        tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(plan.requests)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def encode(self, sketches: Sequence[SketchInput]) -> EncodeResult:
         return await self._run(plans.encode(sketches, self.config))

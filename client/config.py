@@ -18,6 +18,9 @@ class ClientConfig:
     # Sketches per request: large inputs are split into requests this size; it
     # stays under the server's per-request limit and keeps messages small.
     max_sketches_per_call: int = 64
+    # Requests of one asyncio call in flight together: enough to fill the server's
+    # batches, few enough (4 x 64 sketches) to stay well inside its queue.
+    max_calls_in_flight: int = 4
     # Attempts (first one included) of a call that fails UNAVAILABLE, i.e. while
     # the server warms up, drains or restarts; gRPC caps this at 5.
     retry_attempts: int = 5
@@ -37,6 +40,8 @@ class ClientConfig:
             raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
         if self.max_sketches_per_call < 1:
             raise ValueError(f"max_sketches_per_call must be >= 1, got {self.max_sketches_per_call}")
+        if self.max_calls_in_flight < 1:
+            raise ValueError(f"max_calls_in_flight must be >= 1, got {self.max_calls_in_flight}")
         if self.retry_attempts < 1:
             raise ValueError(f"retry_attempts must be >= 1, got {self.retry_attempts}")
         if self.retry_initial_backoff <= 0 or self.retry_max_backoff < self.retry_initial_backoff:

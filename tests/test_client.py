@@ -150,8 +150,13 @@ def test_async_client(clustered_server: RunningServer) -> None:  # noqa: F811
             streamed, assigned = await asyncio.gather(client.encode(sketches), client.assign(sketches))
             with pytest.raises(SketchServiceError) as info:
                 await client.reconstruct(sketches[:1], sampling=Sampling(max_points=10**6))
+            broken = list(sketches)
+            broken[bad] = Sketch((np.array([[0.0, np.inf]]),))
+            with pytest.raises(SketchServiceError, match=rf"sketches\[{bad}\]"):
+                await client.score(broken)  # three requests in flight at once; the second fails
             return streamed.mu, assigned.cluster, info.value
 
+    bad = SHARED_MAX_SKETCHES + 2
     mu, clusters, error = asyncio.run(calls())
     with SketchClient(clustered_server.target, max_sketches_per_call=SHARED_MAX_SKETCHES) as sync:
         np.testing.assert_allclose(mu, sync.encode(sketches).mu, atol=MU_TOLERANCE)
