@@ -1,0 +1,214 @@
+"""Clustering benchmark: do the learned latent codes group drawings by category?
+
+    .venv/bin/python bench/bench_clustering.py --model DIR [DIR ...]         # reuse trained artifacts
+    .venv/bin/python bench/bench_clustering.py --train runs/bench --kl-weights 0.1 0.5 --max-minutes 35
+
+On the valid+test splits of four labelled categories (face, pig, alarm clock,
+radio), side by side in one run:
+
+- **sketch-rnn mu**: the artifact's encoder `mu`, k-means (k = 4);
+- **raster + PCA** (non-learned baseline): 28x28 rasters of the canonical
+  drawing, PCA to 50 dimensions, k-means (k = 4). The rasters are drawn at
+  several line widths and the best width's score is the baseline (a fair,
+  not a weak, baseline).
+
+Prints a markdown table of NMI and ARI against the true categories and the
+ratio of the model's NMI to the baseline's; `--json PATH` also writes them.
+With `--train ROOT` the run first trains (`sketchserve train`, one process per
+w_KL, one after the other, bounded by --max-minutes each) and exports a model
+per w_KL on the four train splits, with `TRAIN_FLAGS` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "sketchrnn"
+CATEGORIES = ("face", "pig", "alarm clock", "radio")
+SPLITS = ("valid", "test")
+# One cluster per category.
+K = len(CATEGORIES)
+# Fixed seed and restarts: the same codes give the same clusters.
+RANDOM_STATE = 0
+N_INIT = 10
+# Baseline: 28x28 rasters (the size of Quick, Draw!'s own bitmaps), PCA to 50 dimensions.
+RASTER_SIZE = 28
+PCA_DIMS = 50
+# Canonical drawings span 0..255; rasterized on a 256-pixel canvas, then area-averaged to 28x28.
+CANVAS_PX = 256
+# Line widths (canvas pixels) tried for the baseline; its best NMI is reported.
+LINE_WIDTHS = (2, 4, 8, 16, 32)
+# The goal: the model's NMI at least twice the baseline's.
+GOAL_RATIO = 2.0
+# The benchmark model: smaller than the face model (a 2-core CPU budget), latent 64.
+TRAIN_FLAGS = ("--enc-hidden", "128", "--dec-hidden", "256", "--latent-size", "64")
+
+
+@dataclass(frozen=True)
+class Score:
+    method: str
+    nmi: float
+    ari: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    sketches: list[np.ndarray]
+    words: list[str]
+
+
+def load_eval_set(data_dir: Path) -> EvalSet:
+    """Canonical stroke-3 drawings and their category, valid then test split of every category."""
+    from sketchserve.data import iter_drawings
+
+    sketches: list[np.ndarray] = []
+    words: list[str] = []
+    paths = [str(data_dir / f"{c}.npz") for c in CATEGORIES]
+    for split in SPLITS:
+        for record in iter_drawings(paths, split=split):
+            sketches.append(record.stroke3)
+            words.append(record.word)
+    return EvalSet(sketches=sketches, words=words)
+
+
+def kmeans_labels(features: np.ndarray) -> np.ndarray:
+    return KMeans(n_clusters=K, random_state=RANDOM_STATE, n_init=N_INIT).fit_predict(features.astype(np.float64))
+
+
+def score(method: str, features: np.ndarray, words: list[str], started: float) -> Score:
+    labels = kmeans_labels(features)
+    return Score(
+        method=method,
+        nmi=float(normalized_mutual_info_score(words, labels)),
+        ari=float(adjusted_rand_score(words, labels)),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def raster(s3: np.ndarray, line_width: int) -> np.ndarray:
+    """A canonical stroke-3 drawing (0..255 frame) as a 28x28 float image in [0, 1]."""
+    points = np.cumsum(np.asarray(s3, dtype=np.float64)[:, :2], axis=0)
+    points = np.vstack([np.zeros((1, 2)), points])
+    points -= points.min(axis=0)  # stroke-3 drops the position: back to the top-left aligned frame
+    ends = np.flatnonzero(np.asarray(s3)[:, 2] > 0.5) + 2
+    image = Image.new("L", (CANVAS_PX, CANVAS_PX))
+    pen = ImageDraw.Draw(image)
+    for stroke in np.split(points, ends[ends < len(points)]):
+        if len(stroke) > 1:
+            pen.line([tuple(p) for p in stroke], fill=255, width=line_width, joint="curve")
+        elif len(stroke) == 1:
+            pen.point(tuple(stroke[0]), fill=255)
+    small = image.resize((RASTER_SIZE, RASTER_SIZE), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def baseline_scores(sketches: list[np.ndarray], words: list[str]) -> list[Score]:
+    scores = []
+    for width in LINE_WIDTHS:
+        started = time.perf_counter()
+        rasters = np.stack([raster(s, width).ravel() for s in sketches])
+        reduced = PCA(n_components=PCA_DIMS, random_state=RANDOM_STATE).fit_transform(rasters)
+        scores.append(score(f"28x28 raster (line {width}px/256) + PCA {PCA_DIMS}", reduced, words, started))
+    return scores
+
+
+def model_score(model_dir: Path, sketches: list[np.ndarray], words: list[str]) -> Score:
+    import torch
+
+    from sketchserve.artifact import load_artifact
+    from sketchserve.training.encode import encode_stroke3
+
+    started = time.perf_counter()
+    artifact = load_artifact(model_dir, torch.device("cpu"))
+    codes = encode_stroke3(artifact, sketches, label="encode")
+    latent = artifact.manifest["latent_size"]
+    return score(f"sketch-rnn mu ({latent}-d, {model_dir.name})", codes, words, started)
+
+
+def ratio(model: Score, baselines: list[Score]) -> float:
+    best = max(b.nmi for b in baselines)
+    return model.nmi / best if best > 0 else float("inf")
+
+
+def train_models(root: Path, data_dir: Path, kl_weights: list[float], minutes: float, threads: int) -> list[Path]:
+    """Train and export one model per w_KL on the categories' train splits; returns the model directories."""
+    data = [str(data_dir / f"{c}.npz") for c in CATEGORIES]
+    models = []
+    for weight in kl_weights:
+        run, model = root / f"kl{weight:g}" / "run", root / f"kl{weight:g}" / "model"
+        cli = [sys.executable, "-m", "sketchserve.cli"]
+        train = [*cli, "train", "--data", *data, "--out", str(run), *TRAIN_FLAGS, "--kl-weight", str(weight)]
+        subprocess.run([*train, "--threads", str(threads), "--max-minutes", str(minutes)], check=True)
+        subprocess.run([*cli, "export", str(run), "--out", str(model), "--name", f"bench-kl{weight:g}"], check=True)
+        models.append(model)
+    return models
+
+
+def table(models: list[Score], baselines: list[Score], n: int) -> str:
+    best = max(baselines, key=lambda s: s.nmi)
+    lines = [
+        f"{n} drawings ({', '.join(CATEGORIES)}; splits {'+'.join(SPLITS)}), k-means k={K}, random_state={RANDOM_STATE}, n_init={N_INIT}",
+        "",
+        "| features | NMI | ARI | seconds |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {m.method} | {m.nmi:.3f} | {m.ari:.3f} | {m.seconds:.1f} |" for m in models]
+    lines += [f"| {s.method}{' (best baseline)' if s is best else ''} | {s.nmi:.3f} | {s.ari:.3f} | {s.seconds:.1f} |" for s in baselines]
+    lines.append("")
+    for m in models:
+        r = ratio(m, baselines)
+        verdict = "met" if r >= GOAL_RATIO else "NOT met"
+        lines.append(f"NMI ratio {m.method} / best baseline = {r:.2f} (goal >= {GOAL_RATIO:.0f}: {verdict})")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, nargs="+", help="artifact directories (trained on the four categories' train splits)")
+    source.add_argument("--train", type=Path, help="train one model per --kl-weights into this folder first")
+    parser.add_argument("--kl-weights", type=float, nargs="+", default=[0.1], help="w_KL of the models --train trains")
+    parser.add_argument("--max-minutes", type=float, default=35.0, help="training budget per --train model")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with the four sketch-rnn .npz files")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--json", type=Path, default=None, help="also write the scores here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    missing = [c for c in CATEGORIES if not (args.data_dir / f"{c}.npz").is_file()]
+    if missing:
+        sys.stderr.write(f"bench_clustering: {args.data_dir} lacks {', '.join(m + '.npz' for m in missing)}\n")
+        return 2
+    model_dirs = args.model or train_models(args.train, args.data_dir, args.kl_weights, args.max_minutes, args.threads)
+    data = load_eval_set(args.data_dir)
+    models = [model_score(m, data.sketches, data.words) for m in model_dirs]
+    baselines = baseline_scores(data.sketches, data.words)
+    sys.stdout.write(table(models, baselines, len(data.sketches)))
+    if args.json is not None:
+        summary = {
+            "models": [asdict(m) | {"ratio": ratio(m, baselines)} for m in models],
+            "baselines": [asdict(b) for b in baselines],
+        }
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
