@@ -43,14 +43,14 @@ def train(args: list[str]) -> None:
 @pytest.fixture(scope="module")
 def trained(faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run")
-    train(["--data", str(faces), "--out", str(run), "--max-steps", "40", "--eval-every", "10", "--seed", "3"])
+    train(["--data", str(faces), "--out", str(run), "--max-steps", "40", "--eval-every", "20", "--seed", "3"])
     return run
 
 
 def test_a_tiny_model_lowers_its_validation_loss_on_real_faces(trained: Path) -> None:
     records = evals(trained)
-    assert [r["step"] for r in records] == [10, 20, 30, 40]
-    assert records[-1]["valid_recon"] < records[0]["valid_recon"] - 0.05
+    assert [r["step"] for r in records] == [20, 40]
+    assert records[-1]["valid_recon"] < records[0]["valid_recon"] - 0.03
     assert (trained / "loss.png").read_bytes().startswith(b"\x89PNG")
     ckpt = load_checkpoint(trained / CHECKPOINT)
     assert ckpt["step"] == 40 and ckpt["data"]["counts"] == {"train": 1700, "valid": 150, "test": 150}
@@ -59,7 +59,7 @@ def test_a_tiny_model_lowers_its_validation_loss_on_real_faces(trained: Path) ->
 
 def test_resumed_run_equals_an_uninterrupted_one(faces: Path, trained: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    common = ["--data", str(faces), "--out", str(run), "--eval-every", "10", "--seed", "3"]
+    common = ["--data", str(faces), "--out", str(run), "--eval-every", "20", "--seed", "3"]
     train([*common, "--max-steps", "20"])
     train([*common, "--max-steps", "40", "--resume"])
     straight = load_checkpoint(trained / CHECKPOINT)["model"]
@@ -122,3 +122,13 @@ def test_dry_run_reports_speed_and_writes_nothing(faces: Path, tmp_path: Path, c
     run = tmp_path / "dry"
     assert train_main([*TINY_FLAGS, "--data", str(faces), "--out", str(run), "--dry-run", "--max-minutes", "1"]) == 0
     assert "steps/s" in capsys.readouterr().out and not run.exists()
+
+
+def test_model_card_figures(trained: Path, faces: Path, tmp_path: Path) -> None:
+    from sketchserve.training.figures import make_figures
+
+    model_dir = tmp_path / "model"
+    assert export_main([str(trained), "--out", str(model_dir)]) == 0
+    paths = make_figures(model_dir, faces, "test", tmp_path / "docs", "face", (0, 1))
+    assert [p.name for p in paths] == ["face_reconstructions.png", "face_interpolation.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
