@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from sketchserve.progress import Progress
 from sketchserve.training.checkpoint import CHECKPOINT, BEST, load_checkpoint, save_checkpoint
 from sketchserve.training.config import ModelConfig, TrainConfig
 from sketchserve.training.dataset import Batch, Dataset, RecordFilter, fixed_batches, load_dataset, sample_batch, scale_factor
-from sketchserve.training.from_cluster import artifact_weights
 from sketchserve.training.model import SketchRNN
 
 logger = logging.getLogger(__name__)
@@ -208,17 +207,14 @@ def _prepare(spec: RunSpec, record_filter: RecordFilter | None) -> tuple[RunSpec
     ckpt = None
     if spec.resume:
         ckpt = load_checkpoint(spec.out_dir / CHECKPOINT)
-        saved_train = TrainConfig(**ckpt["train_config"])
-        train_cfg = TrainConfig(**{**asdict(saved_train), "max_steps": spec.train.max_steps}).validate()
-        spec = RunSpec(
-            **{
-                **spec.__dict__,
-                "model": ModelConfig(**ckpt["model_config"]).validate(),
-                "train": train_cfg,
-                "data": spec.data or tuple(ckpt["spec"]["data"]),
-                "categories": spec.categories or tuple(ckpt["spec"]["categories"]),
-                "filter_description": spec.filter_description or ckpt["spec"].get("filter_description"),
-            }
+        train_cfg = replace(TrainConfig(**ckpt["train_config"]), max_steps=spec.train.max_steps).validate()
+        spec = replace(
+            spec,
+            model=ModelConfig(**ckpt["model_config"]).validate(),
+            train=train_cfg,
+            data=spec.data or tuple(ckpt["spec"]["data"]),
+            categories=spec.categories or tuple(ckpt["spec"]["categories"]),
+            filter_description=spec.filter_description or ckpt["spec"].get("filter_description"),
         )
     data = load_dataset(spec.data, spec.categories, spec.model.max_seq_len, record_filter, spec.filter_description)
     return spec, data, ckpt
@@ -241,7 +237,11 @@ def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist
     cfg, tcfg = spec.model, spec.train
     torch.manual_seed(tcfg.seed)
     model = SketchRNN(cfg)
-    init = artifact_weights(spec.init_from) if spec.init_from and not ckpt else None
+    init = None
+    if spec.init_from and not ckpt:
+        from sketchserve.training.from_cluster import artifact_weights
+
+        init = artifact_weights(spec.init_from)
     scale = ckpt["scale_factor"] if ckpt else (init.scale if init else scale_factor(data.train))
     model.set_scale(scale)
     if init:
