@@ -227,7 +227,8 @@ def test_train_from_cluster_fine_tunes_then_samples_new_members(
     np.testing.assert_allclose(mu.numpy(), expected, atol=1e-5)
 
     run, out = tmp_path / "run", tmp_path / "group"
-    argv = ["--data", faces, "--from-cluster", f"{model}:1", "--fine-tune", "--out", str(run), "--threads", "1"]
+    small = [str(data_dir / "simplified" / f"{c}.ndjson") for c in ("face", "smiley face")]
+    argv = ["--data", *small, "--from-cluster", f"{model}:1", "--fine-tune", "--out", str(run), "--threads", "1"]
     assert train_main([*argv, "--max-steps", "2", "--eval-every", "2", "--checkpoint-every", "2", "--batch-size", "8"]) == 0
     assert export_main([str(run), "--out", str(out)]) == 0
     manifest = read_manifest(out)
@@ -236,5 +237,5 @@ def test_train_from_cluster_fine_tunes_then_samples_new_members(
     assert sample_main([str(out), "--n", "3", "--out", str(tmp_path / "new")]) == 0
     assert len((tmp_path / "new.ndjson").read_text().splitlines()) == 3
     capsys.readouterr()
-    assert train_main(["--data", faces, "--from-cluster", f"{model}:7", "--out", str(tmp_path / "bad")]) == 2
+    assert train_main(["--data", *small, "--from-cluster", f"{model}:7", "--out", str(tmp_path / "bad")]) == 2
     assert "clusters 0..1, not 7" in capsys.readouterr().err
