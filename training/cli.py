@@ -12,7 +12,7 @@ import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sketchserve.artifact import ArtifactError
 from sketchserve.data import DataFormatError
@@ -69,14 +69,21 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def record_filter_from_args(args: argparse.Namespace) -> tuple[RecordFilter | None, str | None]:
-    """The subset of records to train on and its description (hook for ``--from-cluster``); all by default."""
+class Selection(NamedTuple):
+    """Which records to train on (``None``: all) and how the run's provenance describes it."""
+
+    record_filter: RecordFilter | None
+    description: str | None
+
+
+def record_filter_from_args(args: argparse.Namespace) -> Selection:
+    """The subset of records to train on (``--from-cluster``); all by default."""
     if args.from_cluster is None:
-        return None, None
+        return Selection(None, None)
     from sketchserve.training.from_cluster import ClusterFilter, parse_cluster_ref
 
     selection = ClusterFilter(parse_cluster_ref(args.from_cluster))
-    return selection, selection.description
+    return Selection(selection, selection.description)
 
 
 def train_main(argv: list[str]) -> int:

@@ -51,6 +51,28 @@ class StepLosses(NamedTuple):
     pen: Tensor
 
 
+class Targets(NamedTuple):
+    dx: Tensor
+    dy: Tensor
+    pen: Tensor
+
+
+class Moments(NamedTuple):
+    mu: Tensor
+    presig: Tensor
+
+
+class LSTMState(NamedTuple):
+    h: Tensor
+    c: Tensor
+
+
+class CellOutput(NamedTuple):
+    out: Tensor
+    h: Tensor
+    c: Tensor
+
+
 class LossTerms(NamedTuple):
     recon: Tensor
     kl: Tensor
@@ -90,7 +112,7 @@ def normalize(x: Tensor, scale: Tensor) -> Tensor:
     return torch.cat([x[..., 0:2] / scale, x[..., 2:]], dim=-1)
 
 
-def targets(x: Tensor, lengths: Tensor, pen_end: int = PEN_END) -> Tuple[Tensor, Tensor, Tensor]:
+def targets(x: Tensor, lengths: Tensor, pen_end: int = PEN_END) -> Targets:
     """Normalized stroke-5 ``x [B,T,5]`` -> per-step targets over ``T + 1`` steps (the last is the end).
 
     Rows at or after ``lengths`` are treated as the end state whatever they hold.
@@ -102,7 +124,7 @@ def targets(x: Tensor, lengths: Tensor, pen_end: int = PEN_END) -> Tuple[Tensor,
     dy = F.pad(x[..., 1], (0, 1)) * real
     pen_real = F.pad(torch.argmax(x[..., 2:], dim=-1), (0, 1))
     pen = torch.where(real, pen_real, torch.full((b, t + 1), pen_end, dtype=torch.long, device=x.device))
-    return dx, dy, pen
+    return Targets(dx=dx, dy=dy, pen=pen)
 
 
 def teacher_inputs(x: Tensor) -> Tensor:
@@ -123,9 +145,9 @@ class FusedLSTM(nn.Module):
             self.lstm.bias_ih_l0.zero_()
             self.lstm.bias_ih_l0[hidden : 2 * hidden].fill_(FORGET_BIAS)
 
-    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> CellOutput:
         out, (h2, c2) = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))
-        return out, h2.squeeze(0), c2.squeeze(0)
+        return CellOutput(out=out, h=h2.squeeze(0), c=c2.squeeze(0))
 
 
 class LayerNormLSTM(nn.Module):
@@ -143,7 +165,7 @@ class LayerNormLSTM(nn.Module):
             self.beta[2].fill_(FORGET_BIAS)
         self.ln_c = nn.LayerNorm(hidden)
 
-    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> CellOutput:
         b, steps = x.shape[0], x.shape[1]
         xw = self.wx(x)
         outs: List[Tensor] = []
@@ -157,7 +179,7 @@ class LayerNormLSTM(nn.Module):
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * g
             h = torch.sigmoid(o) * torch.tanh(self.ln_c(c))
             outs.append(h)
-        return torch.stack(outs, dim=1), h, c
+        return CellOutput(out=torch.stack(outs, dim=1), h=h, c=c)
 
 
 def reverse_within(x: Tensor, lengths: Tensor) -> Tensor:
@@ -192,14 +214,14 @@ class Encoder(nn.Module):
         self.register_buffer("scale", torch.ones(()))
 
     @torch.jit.export
-    def moments(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+    def moments(self, x: Tensor, lengths: Tensor) -> Moments:
         """``(mu, presig)`` with ``sigma = exp(presig / 2)``; ``x`` in canonical units."""
         xn = normalize(x, self.scale)
         last = lengths.to(x.device) - 1
         out_f, _ = self.forward_lstm(xn)
         out_b, _ = self.backward_lstm(reverse_within(xn, lengths.to(x.device)))
         feat = torch.cat([at_step(out_f, last), at_step(out_b, last)], dim=-1)
-        return self.mu(feat), self.presig(feat)
+        return Moments(mu=self.mu(feat), presig=self.presig(feat))
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         mu, presig = self.moments(x, lengths)
@@ -225,9 +247,9 @@ class Decoder(nn.Module):
         self.head = nn.Linear(cfg.dec_hidden, PARAMS_PER_COMPONENT * cfg.num_mixtures + PEN_STATES)
         self.register_buffer("scale", torch.ones(()))
 
-    def initial_state(self, z: Tensor) -> Tuple[Tensor, Tensor]:
+    def initial_state(self, z: Tensor) -> LSTMState:
         hc = torch.tanh(self.init_state(z))
-        return hc[:, : self.dec_hidden], hc[:, self.dec_hidden :]
+        return LSTMState(h=hc[:, : self.dec_hidden], c=hc[:, self.dec_hidden :])
 
     def forward(self, z: Tensor, inputs: Tensor) -> Tensor:
         """Teacher-forced head outputs ``[B,T,6M+3]`` for normalized inputs ``[B,T,5]`` (start token first).
