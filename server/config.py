@@ -32,8 +32,10 @@ class ServerConfig:
     device: str = field(default="auto", metadata={"help": DEVICE_CHOICES_HELP})
     # The scripted encoder gains ~3x throughput from 1 to 32 on 2 CPU cores and little beyond.
     max_batch_size: int = field(default=32, metadata={"help": "most sketches in one forward pass"})
-    # A lone call waits at most this long for company; under load batches fill first.
-    max_delay_ms: float = field(default=1.0, metadata={"help": "longest wait of a queued sketch for a batch"})
+    # 0: a batch starts as soon as the worker is free; what arrives while it runs forms the next
+    # batch, so batches grow with load by themselves and a lone call waits for nothing (the c=1
+    # latency goal is within 1 ms of in-process). Raise it to trade latency for fuller batches.
+    max_delay_ms: float = field(default=0.0, metadata={"help": "longest wait of a queued sketch for a batch"})
     # ~1 s of CPU encode work at batch 32: beyond that, callers are better told to back off.
     max_queue: int = field(default=1024, metadata={"help": "most queued sketches per batcher; then RESOURCE_EXHAUSTED"})
     # Bounds one request's latency and memory; clients split larger inputs.

@@ -20,10 +20,11 @@ import numpy as np
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.clusters import ClusterTable
 from sketchserve.server.errors import FailedPrecondition, InvalidRequest, NotReady
-from sketchserve.strokes import InvalidDrawingError, drawing_from_xy, preprocess_many, stroke3_to_drawing
+from sketchserve.server.results import Encoded, TooLong
+from sketchserve.strokes import Drawing, InvalidDrawingError, drawing_from_xy, stroke3_to_drawing
 
 if TYPE_CHECKING:
-    from sketchserve.server.engine import Embedding, SketchEngine
+    from sketchserve.server.engine import SketchEngine
 
 SERVICE_NAME = sketch_pb2.DESCRIPTOR.services_by_name["SketchService"].full_name
 # The contract's temperature range: 0 is greedy, 2 is already very wild.
@@ -59,10 +60,10 @@ def check_count(count: int, limit: int, field: str, prefix: str = "") -> None:
         raise InvalidRequest(prefix + field, f"{count} {field} in one request, at most {limit}; split the input")
 
 
-def sketches_to_stroke3(
-    sketches: Sequence[sketch_pb2.Sketch], *, max_points: int, limit: int, prefix: str = ""
-) -> list[np.ndarray]:
-    """Validate and preprocess proto sketches into canonical stroke-3, or raise InvalidRequest."""
+def sketches_to_drawings(
+    sketches: Sequence[sketch_pb2.Sketch], *, limit: int, prefix: str = ""
+) -> list[Drawing]:
+    """Validate proto sketches into Drawings, or raise InvalidRequest naming the sketch and field."""
     check_count(len(sketches), limit, "sketches", prefix)
     drawings = []
     for i, sketch in enumerate(sketches):
@@ -70,12 +71,18 @@ def sketches_to_stroke3(
             drawings.append(drawing_from_xy([(stroke.x, stroke.y) for stroke in sketch.strokes]))
         except InvalidDrawingError as err:
             raise _sketch_error(i, sketch, prefix, err.field, err.message) from None
-    strokes3 = preprocess_many(drawings)
-    for i, (sketch, s3) in enumerate(zip(sketches, strokes3)):
-        if len(s3) > max_points:
-            message = f"{len(s3)} points after simplification, the model accepts at most {max_points}"
+    return drawings
+
+
+def check_encoded(
+    sketches: Sequence[sketch_pb2.Sketch], results: Sequence[Encoded | TooLong], max_points: int, prefix: str = ""
+) -> list[Encoded]:
+    """The encodings, or InvalidRequest for the first sketch too long after simplification."""
+    for i, (sketch, result) in enumerate(zip(sketches, results)):
+        if isinstance(result, TooLong):
+            message = f"{result.points} points after simplification, the model accepts at most {max_points}"
             raise _sketch_error(i, sketch, prefix, "", message)
-    return strokes3
+    return list(results)
 
 
 def latents_to_array(latents: Sequence[sketch_pb2.Embedding], latent_size: int, limit: int) -> np.ndarray:
@@ -114,7 +121,7 @@ def stroke3_to_proto(s3: np.ndarray) -> sketch_pb2.Sketch:
     )
 
 
-def embedding_to_proto(embedding: Embedding) -> sketch_pb2.Embedding:
+def embedding_to_proto(embedding: Encoded) -> sketch_pb2.Embedding:
     return sketch_pb2.Embedding(mu=embedding.mu.tolist(), sigma=embedding.sigma.tolist())
 
 
@@ -157,21 +164,21 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
             )
         return state.clusters
 
-    def _stroke3(self, state: ServingState, sketches: Sequence[sketch_pb2.Sketch], prefix: str = "") -> list[np.ndarray]:
-        return sketches_to_stroke3(
-            sketches,
-            max_points=state.engine.spec.max_seq_len,
-            limit=state.max_sketches_per_request,
-            prefix=prefix,
-        )
+    async def _encoded(
+        self, state: ServingState, sketches: Sequence[sketch_pb2.Sketch], context: grpc.aio.ServicerContext,
+        prefix: str = "",
+    ) -> list[Encoded]:
+        """Validate, preprocess and encode the request's sketches (through the encode batcher)."""
+        drawings = sketches_to_drawings(sketches, limit=state.max_sketches_per_request, prefix=prefix)
+        results = await state.engine.encode(drawings, timeout=context.time_remaining())
+        return check_encoded(sketches, results, state.engine.spec.max_seq_len, prefix)
 
     async def _encode(
         self, state: ServingState, request: sketch_pb2.EncodeRequest, context: grpc.aio.ServicerContext, prefix: str = ""
     ) -> sketch_pb2.EncodeResponse:
-        strokes3 = self._stroke3(state, request.sketches, prefix)
-        embeddings = await state.engine.encode(strokes3, timeout=context.time_remaining())
+        encoded = await self._encoded(state, request.sketches, context, prefix)
         return sketch_pb2.EncodeResponse(
-            embeddings=[embedding_to_proto(e) for e in embeddings], model_version=state.version
+            embeddings=[embedding_to_proto(e) for e in encoded], model_version=state.version
         )
 
     async def Encode(self, request: sketch_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> sketch_pb2.EncodeResponse:
@@ -180,9 +187,8 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
     async def Assign(self, request: sketch_pb2.AssignRequest, context: grpc.aio.ServicerContext) -> sketch_pb2.AssignResponse:
         state = self._ready()
         clusters = self._clusters(state)
-        strokes3 = self._stroke3(state, request.sketches)
-        embeddings = await state.engine.encode(strokes3, timeout=context.time_remaining())
-        neighbors = clusters.nearest(np.stack([e.mu for e in embeddings]), request.top_k or 1)
+        encoded = await self._encoded(state, request.sketches, context)
+        neighbors = clusters.nearest(np.stack([e.mu for e in encoded]), request.top_k or 1)
         assignments = [
             sketch_pb2.Assignment(
                 cluster=near[0].cluster,
@@ -205,9 +211,8 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
         if request.latents:
             latents = latents_to_array(request.latents, spec.latent_size, state.max_sketches_per_request)
         else:
-            strokes3 = self._stroke3(state, request.sketches)
-            embeddings = await state.engine.encode(strokes3, timeout=context.time_remaining())
-            latents = np.stack([e.mu for e in embeddings])
+            encoded = await self._encoded(state, request.sketches, context)
+            latents = np.stack([e.mu for e in encoded])
         drawings = await state.engine.sample(
             latents, temperature=temperature, max_points=max_points, seed=request.seed,
             timeout=context.time_remaining(),
@@ -218,8 +223,8 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
 
     async def Score(self, request: sketch_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> sketch_pb2.ScoreResponse:
         state = self._ready()
-        strokes3 = self._stroke3(state, request.sketches)
-        scores = await state.engine.score(strokes3, timeout=context.time_remaining())
+        encoded = await self._encoded(state, request.sketches, context)
+        scores = await state.engine.score(encoded, timeout=context.time_remaining())
         return sketch_pb2.ScoreResponse(
             scores=[sketch_pb2.SketchScore(reconstruction_nll=s.reconstruction_nll, kl=s.kl) for s in scores],
             model_version=state.version,
