@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,8 +32,6 @@ from sketchserve.training.kmeans import (
     silhouette,
     validate_k,
 )
-
-log = logging.getLogger(__name__)
 
 CLUSTERS_FILE = "clusters.json"
 CLUSTERS_FORMAT_VERSION = 1
@@ -58,16 +55,23 @@ class LabelledCodes:
     files: list[dict[str, Any]] = field(default_factory=list)
 
 
+class KRange(NamedTuple):
+    """Inclusive range of k searched by silhouette."""
+
+    low: int
+    high: int
+
+
 @dataclass(frozen=True)
 class ClusterOptions:
     k: int | None
-    k_range: tuple[int, int]
+    k_range: KRange
     random_state: int = DEFAULT_RANDOM_STATE
     n_init: int = DEFAULT_N_INIT
     n_exemplars: int = DEFAULT_EXEMPLARS
 
 
-def parse_k_range(text: str) -> tuple[int, int]:
+def parse_k_range(text: str) -> KRange:
     """'2:12' -> (2, 12), inclusive; raises ClusterError on anything else."""
     parts = text.split(":")
     if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
@@ -75,7 +79,7 @@ def parse_k_range(text: str) -> tuple[int, int]:
     low, high = int(parts[0]), int(parts[1])
     if low < 2 or high < low:
         raise ClusterError(f"--k-range needs 2 <= LOW <= HIGH, got {text!r}")
-    return low, high
+    return KRange(low, high)
 
 
 def load_labelled_codes(artifact: Any, paths: Sequence[Path], *, split: str | None, progress: bool) -> LabelledCodes:
@@ -231,6 +235,8 @@ def run_cluster(args: argparse.Namespace) -> str:
     )
     if options.k is not None and options.k < 2:
         raise ClusterError(f"--k must be at least 2 (got {options.k})")
+    if options.n_init < 1 or options.n_exemplars < 0:
+        raise ClusterError(f"--n-init must be >= 1 and --exemplars >= 0 (got {options.n_init}, {options.n_exemplars})")
     artifact = load_artifact(args.model_dir, torch.device("cpu"))
     data = load_labelled_codes(artifact, args.data, split=args.split, progress=not args.no_progress)
     selection = fit_clusters(data.codes, options)
