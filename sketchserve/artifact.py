@@ -21,6 +21,7 @@ CLUSTERS_FILE = "clusters.json"
 REQUIRED_FILES = (ENCODER_FILE, DECODER_FILE)
 REQUIRED_KEYS = ("format_version", "name", "version", "latent_size", "max_seq_len", "scale_factor", "files")
 HASH_CHUNK = 1 << 20
+UNSIGNED_SUFFIXES = (".tmp", ".md")
 
 
 class ArtifactError(RuntimeError):
@@ -45,7 +46,11 @@ def sha256_file(path: Path) -> str:
 
 
 def _artifact_files(model_dir: Path) -> list[str]:
-    return sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"))
+    """The files the manifest checksums: all but itself, temporaries and documentation (``*.md``,
+    e.g. MODEL_CARD.md, which may be edited without re-signing the model)."""
+    return sorted(
+        p.name for p in model_dir.iterdir() if p.is_file() and p.name != MANIFEST and p.suffix not in UNSIGNED_SUFFIXES
+    )
 
 
 def read_manifest(model_dir: Path | str) -> dict[str, Any]:

@@ -104,6 +104,10 @@ def test_manifest_is_complete_and_checksums_catch_tampering(tmp_path: Path) -> N
         assert key in manifest
     assert manifest["latent_size"] == TINY_CONFIG.latent_size and manifest["max_seq_len"] == TINY_CONFIG.max_seq_len
     assert set(manifest["files"]) == {"encoder.pt", "decoder.pt"}
+    (out / "MODEL_CARD.md").write_text("# card\n")
+    write_manifest(out, read_manifest(out))
+    (out / "MODEL_CARD.md").write_text("# card, edited\n")
+    assert set(verify_checksums(out)["files"]) == {"encoder.pt", "decoder.pt"}
     (out / "clusters.json").write_text(json.dumps({"k": 0}))
     write_manifest(out, read_manifest(out))
     assert load_artifact(out).clusters == {"k": 0}
