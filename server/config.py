@@ -44,8 +44,9 @@ class ServerConfig:
     max_message_bytes: int = field(default=16 * 1024 * 1024, metadata={"help": "largest request message in bytes"})
     # Prometheus scrape port; 0 picks a free port, a negative value turns metrics HTTP off.
     metrics_port: int = field(default=9090, metadata={"help": "Prometheus metrics port (0: any free, -1: off)"})
-    # 1 measured fastest on the 2-core box: torch's intra-op threads fight the gRPC threads
-    # (docs in server/README.md); 0 keeps torch's own default (all cores).
+    # 1: on the shared 2-core box a second intra-op thread made the decoder 10x and the encoder
+    # 4x slower at batch 1 (OpenMP threads fighting gRPC's and other processes'); server/README.md
+    # has the measurement. 0 keeps torch's default (one thread per core), e.g. on a big box.
     torch_threads: int = field(default=1, metadata={"help": "torch intra-op threads (0: torch default)"})
     # Long enough for a full queue of batches to finish, short of Kubernetes' 30 s kill.
     grace_seconds: float = field(default=20.0, metadata={"help": "seconds to finish accepted calls on SIGTERM"})
