@@ -1,10 +1,9 @@
 """The serving engine: drawings and latents in, numpy results out, through the batchers.
 
-Two batchers share the model: one for encoding, one for decoding. The encode
-batch also runs the canonical preprocessing (``preprocess_many``), vectorized
-across every drawing of the batch: one call for 30 drawings costs a fraction of
-30 calls, which is most of a single-sketch call's CPU. The decode
-batcher runs two kinds of work, each its own batch group: sampling at one
+Three batchers, each with its own worker thread: preprocessing, encoding and
+decoding. Canonical preprocessing (``preprocess_many``) is batched too: one
+call for 30 drawings costs a fraction of 30 calls, and on its own thread it
+overlaps the model instead of queueing behind it. The decode batcher runs two kinds of work, each its own batch group: sampling at one
 temperature (``("sample", temperature)``: the decoder takes one temperature per
 call) and teacher-forced likelihood (``("nll",)``) for scoring. The batch
 functions here run on the batchers' worker threads.
@@ -20,7 +19,7 @@ import torch
 
 from sketchserve.server.batching import Batcher, BatchItem, BatchObserver
 from sketchserve.server.config import ServerConfig
-from sketchserve.server.results import Encoded, SketchScore, TooLong
+from sketchserve.server.results import Encoded, SketchScore, SketchTooLong
 from sketchserve.server.model import (
     NOISE_CHANNELS,
     SketchModel,
@@ -31,6 +30,7 @@ from sketchserve.server.model import (
 )
 from sketchserve.strokes import Drawing, preprocess_many, stroke3_to_stroke5, stroke5_to_stroke3
 
+PREPROCESS = "preprocess"
 ENCODE = "encode"
 DECODE = "decode"
 GROUP_NLL = ("nll",)
@@ -64,6 +64,10 @@ class SketchEngine:
         self.model = model
         self.spec = model.spec
         delay_s = cfg.max_delay_ms / 1000.0
+        self.preprocessor = Batcher(
+            PREPROCESS, self._preprocess_batch, max_batch_size=cfg.max_batch_size, max_delay_s=delay_s,
+            max_queue=cfg.max_queue, observer=observer,
+        )
         self.encoder = Batcher(
             ENCODE, self._encode_batch, max_batch_size=cfg.max_batch_size, max_delay_s=delay_s,
             max_queue=cfg.max_queue, observer=observer,
@@ -73,21 +77,33 @@ class SketchEngine:
             max_queue=cfg.max_queue, observer=observer,
         )
 
+    @property
+    def batchers(self) -> tuple[Batcher, ...]:
+        return (self.preprocessor, self.encoder, self.decoder)
+
     def start(self) -> None:
-        self.encoder.start()
-        self.decoder.start()
+        for batcher in self.batchers:
+            batcher.start()
 
     def close(self) -> None:
-        self.encoder.close()
-        self.decoder.close()
+        for batcher in self.batchers:
+            batcher.close()
 
     def join(self, timeout: float | None = None) -> bool:
-        return all([self.encoder.join(timeout), self.decoder.join(timeout)])
+        return all([batcher.join(timeout) for batcher in self.batchers])
 
-    async def encode(self, drawings: Sequence[Drawing], timeout: float | None = None) -> list[Encoded | TooLong]:
-        """Each validated drawing preprocessed and encoded, in order; TooLong where it does not fit."""
+    async def encode(self, drawings: Sequence[Drawing], timeout: float | None = None) -> list[Encoded]:
+        """Each validated drawing preprocessed and encoded, in order.
+
+        Raises SketchTooLong (naming the first such drawing) before any encoding when a
+        drawing is longer than the model's ``max_seq_len`` after preprocessing.
+        """
         items = [BatchItem(d, cost=sum(len(stroke) for stroke in d)) for d in drawings]
-        return await self.encoder.submit(items, timeout=timeout)
+        strokes3 = await self.preprocessor.submit(items, timeout=timeout)
+        for index, s3 in enumerate(strokes3):
+            if len(s3) > self.spec.max_seq_len:
+                raise SketchTooLong(index, len(s3), self.spec.max_seq_len)
+        return await self.encoder.submit([BatchItem(s3, cost=len(s3)) for s3 in strokes3], timeout=timeout)
 
     async def sample(
         self, latents: np.ndarray, *, temperature: float, max_points: int, seed: int, timeout: float | None = None
@@ -113,18 +129,15 @@ class SketchEngine:
         kls = kl_divergence(mu, sigma).tolist()
         return [SketchScore(float(n), float(k)) for n, k in zip(nlls, kls)]
 
-    def _encode_batch(self, _group: Hashable, drawings: list[Drawing]) -> list[Encoded | TooLong]:
-        strokes3 = preprocess_many(drawings)
-        results: list[Encoded | TooLong] = [TooLong(len(s3)) for s3 in strokes3]
-        fits = [i for i, s3 in enumerate(strokes3) if len(s3) <= self.spec.max_seq_len]
-        if not fits:
-            return results
-        batch = collate_stroke3([strokes3[i] for i in fits])
+    @staticmethod
+    def _preprocess_batch(_group: Hashable, drawings: list[Drawing]) -> list[np.ndarray]:
+        return preprocess_many(drawings)
+
+    def _encode_batch(self, _group: Hashable, strokes3: list[np.ndarray]) -> list[Encoded]:
+        batch = collate_stroke3(strokes3)
         posterior = self.model.encode(batch.x, batch.lengths)
         mu, sigma = posterior.mu.numpy(), posterior.sigma.numpy()
-        for row, i in enumerate(fits):
-            results[i] = Encoded(strokes3[i], mu[row].copy(), sigma[row].copy())
-        return results
+        return [Encoded(s3, mu[row].copy(), sigma[row].copy()) for row, s3 in enumerate(strokes3)]
 
     def _decode_batch(self, group: Hashable, jobs: list) -> list:
         if group == GROUP_NLL:

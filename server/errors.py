@@ -6,7 +6,7 @@ method, final code and latency go to one callback (the metrics).
 
 | exception | status |
 |---|---|
-| InvalidRequest, InvalidDrawingError | INVALID_ARGUMENT (message names sketch index and field) |
+| InvalidRequest, InvalidDrawingError, SketchTooLong | INVALID_ARGUMENT (message names sketch index and field) |
 | QueueFull, RequestTooLarge | RESOURCE_EXHAUSTED |
 | FailedPrecondition (e.g. no clusters) | FAILED_PRECONDITION |
 | DeadlineDropped | DEADLINE_EXCEEDED |
@@ -30,6 +30,7 @@ import grpc
 
 from sketchserve.server.batching import BatcherClosed, DeadlineDropped, QueueFull
 from sketchserve.server.logs import fields
+from sketchserve.server.results import SketchTooLong
 from sketchserve.strokes import InvalidDrawingError
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class MappedStatus:
 _MAPPING: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidDrawingError, grpc.StatusCode.INVALID_ARGUMENT),
+    (SketchTooLong, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (RequestTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),

@@ -57,7 +57,7 @@ def _load_state(cfg: ServerConfig, metrics: ServerMetrics) -> ServingState:
     if cfg.warmup:
         model.warm_up(tuple(sorted({1, cfg.max_batch_size})))
     engine = SketchEngine(model, cfg, observer=metrics)
-    for batcher in (engine.encoder, engine.decoder):
+    for batcher in engine.batchers:
         metrics.watch_queue(batcher.name, batcher.depth)
     metrics.set_model(name=model.spec.name, version=model.spec.version, device=model.spec.device)
     engine.start()

@@ -1,4 +1,4 @@
-"""What the engine returns to the servicer (numpy only, so the servicer needs no torch)."""
+"""What the engine returns to the servicer, and raises (numpy only, so the servicer needs no torch)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ class Encoded:
     sigma: np.ndarray
 
 
-@dataclass(frozen=True)
-class TooLong:
-    """A drawing longer than the model's ``max_seq_len`` after preprocessing (not encoded)."""
+class SketchTooLong(ValueError):
+    """Drawing ``index`` of a request is longer than the model accepts after preprocessing."""
 
-    points: int
+    def __init__(self, index: int, points: int, max_points: int) -> None:
+        super().__init__(f"{points} points after simplification, the model accepts at most {max_points}")
+        self.index = index
 
 
 @dataclass(frozen=True)

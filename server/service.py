@@ -20,7 +20,7 @@ import numpy as np
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.clusters import ClusterTable
 from sketchserve.server.errors import FailedPrecondition, InvalidRequest, NotReady
-from sketchserve.server.results import Encoded, TooLong
+from sketchserve.server.results import Encoded, SketchTooLong
 from sketchserve.strokes import Drawing, InvalidDrawingError, drawing_from_xy, stroke3_to_drawing
 
 if TYPE_CHECKING:
@@ -72,17 +72,6 @@ def sketches_to_drawings(
         except InvalidDrawingError as err:
             raise _sketch_error(i, sketch, prefix, err.field, err.message) from None
     return drawings
-
-
-def check_encoded(
-    sketches: Sequence[sketch_pb2.Sketch], results: Sequence[Encoded | TooLong], max_points: int, prefix: str = ""
-) -> list[Encoded]:
-    """The encodings, or InvalidRequest for the first sketch too long after simplification."""
-    for i, (sketch, result) in enumerate(zip(sketches, results)):
-        if isinstance(result, TooLong):
-            message = f"{result.points} points after simplification, the model accepts at most {max_points}"
-            raise _sketch_error(i, sketch, prefix, "", message)
-    return list(results)
 
 
 def latents_to_array(latents: Sequence[sketch_pb2.Embedding], latent_size: int, limit: int) -> np.ndarray:
@@ -170,8 +159,10 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
     ) -> list[Encoded]:
         """Validate, preprocess and encode the request's sketches (through the encode batcher)."""
         drawings = sketches_to_drawings(sketches, limit=state.max_sketches_per_request, prefix=prefix)
-        results = await state.engine.encode(drawings, timeout=context.time_remaining())
-        return check_encoded(sketches, results, state.engine.spec.max_seq_len, prefix)
+        try:
+            return await state.engine.encode(drawings, timeout=context.time_remaining())
+        except SketchTooLong as err:
+            raise _sketch_error(err.index, sketches[err.index], prefix, "", str(err)) from None
 
     async def _encode(
         self, state: ServingState, request: sketch_pb2.EncodeRequest, context: grpc.aio.ServicerContext, prefix: str = ""
