@@ -147,7 +147,9 @@ def test_async_client(clustered_server: RunningServer) -> None:  # noqa: F811
 
     async def calls() -> tuple[np.ndarray, np.ndarray, SketchServiceError]:
         async with AsyncSketchClient(clustered_server.target, max_sketches_per_call=SHARED_MAX_SKETCHES) as client:
-            streamed, assigned = await asyncio.gather(client.encode(sketches), client.assign(sketches))
+            # One call at a time: the shared server's queue (64 sketches) holds one call's requests in flight.
+            streamed = await client.encode(sketches)
+            assigned = await client.assign(sketches)
             with pytest.raises(SketchServiceError) as info:
                 await client.reconstruct(sketches[:1], sampling=Sampling(max_points=10**6))
             broken = list(sketches)
