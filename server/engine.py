@@ -11,6 +11,7 @@ functions here run on the batchers' worker threads.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -98,12 +99,14 @@ class SketchEngine:
         Raises SketchTooLong (naming the first such drawing) before any encoding when a
         drawing is longer than the model's ``max_seq_len`` after preprocessing.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         items = [BatchItem(d, cost=sum(len(stroke) for stroke in d)) for d in drawings]
         strokes3 = await self.preprocessor.submit(items, timeout=timeout)
         for index, s3 in enumerate(strokes3):
             if len(s3) > self.spec.max_seq_len:
                 raise SketchTooLong(index, len(s3), self.spec.max_seq_len)
-        return await self.encoder.submit([BatchItem(s3, cost=len(s3)) for s3 in strokes3], timeout=timeout)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        return await self.encoder.submit([BatchItem(s3, cost=len(s3)) for s3 in strokes3], timeout=remaining)
 
     async def sample(
         self, latents: np.ndarray, *, temperature: float, max_points: int, seed: int, timeout: float | None = None
