@@ -48,3 +48,14 @@ def test_bad_values_are_refused_with_their_name(argv: list[str], env: dict[str, 
 
 def test_cuda_index_is_a_valid_device() -> None:
     assert config_from_args(["--device", "cuda:1"], {}).device == "cuda:1"
+
+
+def test_an_absent_cuda_device_is_a_clear_startup_error() -> None:
+    torch = pytest.importorskip("torch")
+    from sketchserve.server.model import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(RuntimeError, match="--device cuda:1: CUDA is not available"):
+        resolve_device("cuda:1")
