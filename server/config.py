@@ -73,12 +73,9 @@ def check_config(cfg: ServerConfig) -> None:
             raise ConfigError(f"{flag_name(name)} must be at least 1, got {getattr(cfg, name)}")
     if not 0 <= cfg.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {cfg.port}")
-    if cfg.max_delay_ms < 0:
-        raise ConfigError(f"--max-delay-ms must be >= 0, got {cfg.max_delay_ms}")
-    if cfg.torch_threads < 0:
-        raise ConfigError(f"--torch-threads must be >= 0, got {cfg.torch_threads}")
-    if cfg.grace_seconds < 0:
-        raise ConfigError(f"--grace-seconds must be >= 0, got {cfg.grace_seconds}")
+    for name in ("max_delay_ms", "torch_threads", "grace_seconds"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{flag_name(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_sketches_per_request > cfg.max_queue:
         raise ConfigError(
             f"--max-sketches-per-request ({cfg.max_sketches_per_request}) must not exceed --max-queue ({cfg.max_queue})"
