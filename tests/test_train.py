@@ -66,6 +66,8 @@ def test_resumed_run_equals_an_uninterrupted_one(faces: Path, trained: Path, tmp
     resumed = load_checkpoint(run / CHECKPOINT)["model"]
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert evals(run)[-1]["valid_recon"] == evals(trained)[-1]["valid_recon"]
+    command = load_checkpoint(run / CHECKPOINT)["spec"]["command"]
+    assert "--max-steps 20" in command and command.endswith("--max-steps 40 --resume")
 
 
 def test_export_then_sample_end_to_end(trained: Path, data_dir: Path, tmp_path: Path) -> None:

@@ -215,6 +215,7 @@ def _prepare(spec: RunSpec, record_filter: RecordFilter | None) -> tuple[RunSpec
             data=spec.data or tuple(ckpt["spec"]["data"]),
             categories=spec.categories or tuple(ckpt["spec"]["categories"]),
             filter_description=spec.filter_description or ckpt["spec"].get("filter_description"),
+            command=f"{ckpt['spec']['command']} ; {spec.command}" if ckpt["spec"].get("command") else spec.command,
         )
     data = load_dataset(spec.data, spec.categories, spec.model.max_seq_len, record_filter, spec.filter_description)
     return spec, data, ckpt
