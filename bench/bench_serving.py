@@ -310,16 +310,16 @@ def _errors(result: CellResult) -> str:
 def report(config: BenchConfig, conditions: list[str], rows: list[Row], limits: dict, goal_list: list[Goal]) -> str:
     header = (
         "| server | method | concurrency | sketches/call | calls/s | sketches/s | p50 ms | p99 ms | mean batch "
-        "| errors |"
+        "| errors | window s |"
     )
     lines = [*conditions, "", header]
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         c = r.result
         lines.append(
             f"| {r.server} | {r.method} | {r.concurrency} | {r.sketches_per_call} | {c.calls_per_s:.1f} | "
             f"{c.sketches_per_s:.1f}{'' if c.steady else ' *'} | {c.p50_ms:.2f} | {c.p99_ms:.2f} | "
-            f"{r.mean_batch:.1f} | {_errors(c)} |"
+            f"{r.mean_batch:.1f} | {_errors(c)} | {c.window_s:.1f} |"
         )
     if not all(r.result.steady for r in rows):
         lines += [
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"before / {os.getloadavg()[0]:.2f} after; model {manifest.get('name')} {manifest.get('version')} "
             f"({model_dir}); {drawings.source}; torch threads "
             f"{config.torch_threads}; Reconstruct max_points {config.max_points}; warm-up {config.warmup_s} s, "
-            f"window {config.duration_s} s per cell.",
+            f"window at least {config.duration_s} s per cell (two of the slowest calls, up to {config.max_round_s} s).",
         ]
         text = report(config, conditions, rows, limits, goals(config, rows, limits))
     sys.stdout.write(text)

@@ -3,7 +3,8 @@
 ``run_cell(spec)`` opens one grpc.aio channel to ``spec.target`` (127.0.0.1),
 starts ``spec.concurrency`` workers that each send the next prebuilt request as
 soon as their previous one answers, and measures the calls that finish inside a
-window of ``duration`` seconds. The window opens in steady state: after the
+window of ``duration`` seconds (longer when calls take longer: two of the
+slowest, up to ``max_round_s``). The window opens in steady state: after the
 warm-up and after one round of completions (as many as there are workers), or
 at ``max_round_s`` past the warm-up when a round takes longer (then the result
 says ``steady=False``). It stops at the end of the window or after
@@ -34,6 +35,7 @@ RECONSTRUCT = "Reconstruct"
 DISTINCT_REQUESTS = 16  # requests cycled by the workers, so calls differ without building any under load
 CALL_GRACE_S = 5.0  # deadline slack past the window: a call is cancelled at the window's end anyway
 P50, P99 = 50, 99
+ROUNDS_PER_WINDOW = 2  # the window lasts at least this many of the slowest calls seen before it opened
 
 
 @dataclass(frozen=True)
@@ -121,12 +123,16 @@ async def _measure(spec: CellSpec, method: grpc.aio.UnaryUnaryMultiCallable, req
     # Steady state: the window opens after the warm-up and once every worker's first call could
     # have come back (one round of completions), but no later than max_round_s.
     round_wait = asyncio.create_task(tally.first_round.wait())
-    await asyncio.wait([round_wait, *tasks], timeout=spec.warmup_s + spec.max_round_s, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        [round_wait, *tasks], timeout=spec.warmup_s + spec.max_round_s, return_when=asyncio.FIRST_COMPLETED
+    )
     steady = tally.first_round.is_set()
     round_wait.cancel()
     await asyncio.wait(tasks, timeout=begin + spec.warmup_s - time.monotonic())
     start = max(time.monotonic(), begin + spec.warmup_s)
-    tally.end = start + spec.duration_s
+    # A window shorter than a call would see no call finish: make it span two of the slowest so far.
+    slowest = max([latency for _, latency in tally.finished], default=0.0)
+    tally.end = start + max(spec.duration_s, min(ROUNDS_PER_WINDOW * slowest, spec.max_round_s))
     _, pending = await asyncio.wait(tasks, timeout=tally.end - time.monotonic())
     for task in pending:
         task.cancel()
