@@ -8,6 +8,7 @@ less; each such departure says why.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
 from typing import Any
 
 CELL_TYPES = ("lstm", "layer_norm")
@@ -15,6 +16,14 @@ CELL_TYPES = ("lstm", "layer_norm")
 
 class ConfigError(ValueError):
     """A hyperparameter that cannot work (one line, names the field)."""
+
+
+def _require(cfg: Any, names: tuple[str, ...], ok: Callable[[Any], bool], rule: str) -> None:
+    """Raise ``ConfigError`` naming the first of ``names`` whose value breaks ``rule``."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise ConfigError(f"{name} must be {rule}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -37,13 +46,10 @@ class ModelConfig:
     recurrent_dropout: float = 0.0
 
     def validate(self) -> ModelConfig:
-        for name in ("enc_hidden", "dec_hidden", "latent_size", "num_mixtures", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _require(self, ("enc_hidden", "dec_hidden", "latent_size", "num_mixtures", "max_seq_len"), lambda v: v >= 1, ">= 1")
         if self.cell not in CELL_TYPES:
             raise ConfigError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
-        if not 0.0 <= self.recurrent_dropout < 1.0:
-            raise ConfigError(f"recurrent_dropout must be in [0, 1), got {self.recurrent_dropout}")
+        _require(self, ("recurrent_dropout",), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
         if self.recurrent_dropout > 0.0 and self.cell != "layer_norm":
             raise ConfigError("recurrent_dropout > 0 needs cell 'layer_norm' (the fused LSTM has no recurrent dropout)")
         return self
@@ -85,24 +91,13 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> TrainConfig:
-        for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "grad_clip"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("lr_decay", "kl_decay_rate"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        for name in ("min_lr", "kl_weight", "kl_weight_start", "kl_tolerance"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        _require(self, ("batch_size", "max_steps", "eval_every", "checkpoint_every", "log_every"), lambda v: v >= 1, ">= 1")
+        _require(self, ("learning_rate", "grad_clip"), lambda v: v > 0, "> 0")
+        _require(self, ("lr_decay", "kl_decay_rate"), lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+        _require(self, ("min_lr", "kl_weight", "kl_weight_start", "kl_tolerance"), lambda v: v >= 0, ">= 0")
         if self.min_lr > self.learning_rate:
             raise ConfigError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
-        if not 0.0 <= self.random_scale_factor < 1.0:
-            raise ConfigError(f"random_scale_factor must be in [0, 1), got {self.random_scale_factor}")
-        if not 0.0 <= self.augment_stroke_prob < 1.0:
-            raise ConfigError(f"augment_stroke_prob must be in [0, 1), got {self.augment_stroke_prob}")
+        _require(self, ("random_scale_factor", "augment_stroke_prob"), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
         return self
 
 
