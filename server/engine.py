@@ -29,7 +29,7 @@ from sketchserve.server.model import (
     sketch_noise,
     sketch_seed,
 )
-from sketchserve.strokes import Drawing, preprocess_many, stroke3_to_stroke5, stroke5_to_stroke3
+from sketchserve.strokes import Drawing, pad_stroke5, preprocess_many, stroke5_to_stroke3
 
 PREPROCESS = "preprocess"
 ENCODE = "encode"
@@ -53,9 +53,8 @@ class _NllJob:
 
 def collate_stroke3(sketches: Sequence[np.ndarray]) -> Stroke5Batch:
     """Stroke-3 sketches -> stroke-5 ``[B, T, 5]`` padded to the longest, and their lengths."""
-    lengths = [len(s) for s in sketches]
-    padded = np.stack([stroke3_to_stroke5(s, max(lengths)) for s in sketches])
-    return Stroke5Batch(torch.from_numpy(padded), torch.tensor(lengths, dtype=torch.int64))
+    padded = pad_stroke5(sketches)
+    return Stroke5Batch(torch.from_numpy(padded.x), torch.from_numpy(padded.lengths))
 
 
 class SketchEngine:

@@ -18,12 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sketchserve.artifact import load_artifact
+from sketchserve.artifact import NOISE_CHANNELS, load_artifact
 
 log = logging.getLogger(__name__)
 
-# The decoder's noise holds 4 draws a step: component (uniform), 2 standard normals, pen (uniform).
-NOISE_CHANNELS = 4
 # Warm-up runs each TorchScript method this often: the profiling executor optimizes on the 2nd/3rd call.
 WARMUP_ROUNDS = 3
 # Warm-up decodes this many steps: enough to exercise the loop, cheap on a CPU.

@@ -21,6 +21,8 @@ CLUSTERS_FILE = "clusters.json"
 REQUIRED_FILES = (ENCODER_FILE, DECODER_FILE)
 REQUIRED_KEYS = ("format_version", "name", "version", "latent_size", "max_seq_len", "scale_factor", "files")
 HASH_CHUNK = 1 << 20
+# Decoder.sample's noise holds 4 draws a step: component (uniform), 2 standard normals, pen (uniform).
+NOISE_CHANNELS = 4
 UNSIGNED_SUFFIXES = (".tmp", ".md")
 
 

@@ -437,6 +437,20 @@ def stroke3_to_stroke5(s3: np.ndarray, max_len: int) -> np.ndarray:
     return result
 
 
+class PaddedStroke5(NamedTuple):
+    """A batch of sketches as the model takes them: stroke-5 ``x`` ``(B, T, 5)`` float32, ``lengths`` ``(B,)`` int64."""
+
+    x: np.ndarray
+    lengths: np.ndarray
+
+
+def pad_stroke5(sketches: Sequence[np.ndarray]) -> PaddedStroke5:
+    """Stroke-3 sketches as one stroke-5 batch, padded with ``END_ROW`` to the longest."""
+    lengths = np.array([len(s) for s in sketches], dtype=np.int64)
+    width = int(lengths.max())
+    return PaddedStroke5(np.stack([stroke3_to_stroke5(s, width) for s in sketches]), lengths)
+
+
 def stroke5_to_stroke3(s5: np.ndarray) -> np.ndarray:
     """Stroke-3 of the rows before the first end row (pen state = the largest of the three)."""
     array = np.asarray(s5)

@@ -12,7 +12,7 @@ import torch
 
 from sketchserve.artifact import sha256_file
 from sketchserve.data import SPLITS, DrawingRecord, expand_paths, iter_drawings
-from sketchserve.strokes import augment_stroke3, stroke3_to_stroke5
+from sketchserve.strokes import augment_stroke3, pad_stroke5
 
 # Hook for training on a subset (e.g. one cluster of a model: `--from-cluster`): records in, records out.
 RecordFilter = Callable[[list[DrawingRecord]], list[DrawingRecord]]
@@ -104,9 +104,8 @@ def scale_factor(sketches: Sequence[np.ndarray]) -> float:
 
 def make_batch(sketches: Sequence[np.ndarray]) -> Batch:
     """Stack stroke-3 sketches into padded stroke-5 (as wide as the longest)."""
-    width = max(len(s) for s in sketches)
-    x = np.stack([stroke3_to_stroke5(s, width) for s in sketches])
-    return Batch(x=torch.from_numpy(x), lengths=torch.tensor([len(s) for s in sketches], dtype=torch.long))
+    padded = pad_stroke5(sketches)
+    return Batch(x=torch.from_numpy(padded.x), lengths=torch.from_numpy(padded.lengths))
 
 
 def sample_batch(

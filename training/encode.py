@@ -16,24 +16,17 @@ import numpy as np
 import torch
 
 from sketchserve.progress import Progress
-from sketchserve.strokes import stroke3_to_stroke5, stroke5_to_stroke3
+from sketchserve.artifact import NOISE_CHANNELS
+from sketchserve.strokes import pad_stroke5, stroke5_to_stroke3
 
 # 256 sketches a batch: one encoder call's padding and memory stay small on a CPU.
 DEFAULT_BATCH_SIZE = 256
 # Greedy decoding: most likely mixture component, its mean, most likely pen state.
 GREEDY_TEMPERATURE = 0.0
-# The decoder's noise tensor holds 4 draws a step (component, 2 normals, pen).
-NOISE_CHANNELS = 4
 
 
 def _device(artifact: Any) -> torch.device:
     return next(iter(artifact.encoder.parameters())).device
-
-
-def _batch_tensors(sketches: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = [len(s) for s in sketches]
-    padded = np.stack([stroke3_to_stroke5(s, max(lengths)) for s in sketches]).astype(np.float32)
-    return torch.from_numpy(padded), torch.tensor(lengths, dtype=torch.int64)
 
 
 def encode_stroke3(
@@ -53,8 +46,8 @@ def encode_stroke3(
     with torch.inference_mode(), Progress(total=len(sketches), desc=label, stream=stream) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            x, lengths = _batch_tensors([sketches[i] for i in idx])
-            mu, _ = artifact.encoder(x.to(device), lengths.to(device))
+            x, lengths = pad_stroke5([sketches[i] for i in idx])
+            mu, _ = artifact.encoder(torch.from_numpy(x).to(device), torch.from_numpy(lengths).to(device))
             codes[idx] = mu.float().cpu().numpy()
             bar.update(len(idx))
     return codes

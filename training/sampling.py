@@ -12,6 +12,7 @@ import torch
 
 from sketchserve.artifact import load_artifact
 from sketchserve.data import iter_drawings
+from sketchserve.artifact import NOISE_CHANNELS
 from sketchserve.render import render_png
 from sketchserve.strokes import stroke3_to_drawing, stroke5_to_stroke3
 from sketchserve.training.config import ConfigError
@@ -19,7 +20,6 @@ from sketchserve.training.encode import encode_stroke3
 
 logger = logging.getLogger(__name__)
 
-NOISE_CHANNELS = 4  # component pick, two standard normals, pen pick (docs/contracts.md)
 COORD_DECIMALS = 2  # ndjson coordinates: canonical units to 1/100
 GRID_COLUMNS = 8  # prior samples per PNG row
 
