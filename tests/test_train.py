@@ -4,6 +4,7 @@ export and sample work end to end, and bad input is one clear line on stderr."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,24 @@ def test_model_card_figures(trained: Path, faces: Path, tmp_path: Path) -> None:
     paths = make_figures(model_dir, faces, "test", tmp_path / "docs", "face", (0, 1))
     assert [p.name for p in paths] == ["face_reconstructions.png", "face_interpolation.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_sigterm_stops_after_a_step_with_a_checkpoint_that_resumes(faces: Path, tmp_path: Path) -> None:
+    run = tmp_path / "stopped"
+    command = [
+        sys.executable, "-m", "sketchserve.cli", "train", *TINY_FLAGS,
+        "--data", str(faces), "--out", str(run), "--max-steps", "100000", "--eval-every", "1",
+    ]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "step 1: valid" in line:  # a step is done: the signal cannot come before the first
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == 0, rest
+    assert "SIGTERM: stopping after this step" in rest
+    stopped_at = load_checkpoint(run / CHECKPOINT)["step"]
+    assert 0 < stopped_at < 100000
+    train(["--resume", "--out", str(run), "--max-steps", str(stopped_at + 2)])
+    assert load_checkpoint(run / CHECKPOINT)["step"] == stopped_at + 2

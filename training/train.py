@@ -15,6 +15,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -161,6 +163,39 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
 
 
+class StopSignals:
+    """SIGTERM/SIGINT ask the run to stop after the current step, like the end of ``--max-minutes``.
+
+    The run then evaluates and writes its checkpoint as usual, so a stopped run
+    resumes with ``--resume`` and loses no steps. A second signal gets the
+    previous handler (Ctrl-C twice interrupts at once). Handlers are installed
+    only in the main thread (Python allows no other) and restored on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        logger.info("%s: stopping after this step and writing a checkpoint", signal.Signals(signum).name)
+        self.requested.set()
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+        self._previous = {}
+
+
 def _stop_agreed(local_stop: bool, dist: Dist) -> bool:
     """All ranks stop together (a time budget may run out on one rank first)."""
     if dist.world == 1:
@@ -277,8 +312,10 @@ def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist
     deadline = start + spec.max_minutes * SECONDS_PER_MINUTE if spec.max_minutes else math.inf
     model.train()
     first_step = state.step
-    with Progress(total=tcfg.max_steps - first_step, desc="train") if dist.main else _NoProgress() as bar:
-        while state.step < tcfg.max_steps and not _stop_agreed(time.monotonic() >= deadline, dist):
+    with StopSignals() as stop, Progress(total=tcfg.max_steps - first_step, desc="train") if dist.main else _NoProgress() as bar:
+        if dist.main:
+            logger.info("training steps %d to %d; SIGTERM or Ctrl-C stops after the current step, with a checkpoint", first_step + 1, tcfg.max_steps)
+        while state.step < tcfg.max_steps and not _stop_agreed(time.monotonic() >= deadline or stop.requested.is_set(), dist):
             batch = sample_batch(data.train, local_batch, rng, tcfg.random_scale_factor, tcfg.augment_stroke_prob)
             eps = torch.randn(local_batch, cfg.latent_size)
             stats = _train_step(ddp_model, model, opt, batch, eps, state.step, tcfg, dist.device)
