@@ -3,8 +3,9 @@
 No gRPC here. Inputs are CPU tensors (pinned when the device is CUDA, copied
 with ``non_blocking``); outputs come back as CPU tensors. Everything runs under
 ``torch.inference_mode``. Decoding noise is made per sketch from its own seeded
-``torch.Generator`` on the CPU, so a sketch's output depends on its seed and
-never on the batch it rides in or the device.
+``torch.Generator`` on the CPU (``sketchserve.artifact.sketch_noise``, shared with
+``sketchserve sample``), so a sketch's output depends on its seed and never on
+the batch it rides in or the device.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sketchserve.artifact import NOISE_CHANNELS, load_artifact
+from sketchserve.artifact import NOISE_CHANNELS, load_artifact, sketch_noise, sketch_seed
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +70,6 @@ def resolve_device(name: str) -> torch.device:
             raise RuntimeError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
         return torch.device("cuda", index)
     return device
-
-
-def sketch_seed(request_seed: int, index: int) -> int:
-    """The generator seed of sketch ``index`` of a request: a SeedSequence mix of both, 64 bits."""
-    words = np.random.SeedSequence([request_seed, index]).generate_state(2, dtype=np.uint32)
-    return (int(words[0]) << 32) | int(words[1])
-
-
-def sketch_noise(seed: int, steps: int) -> Tensor:
-    """``[steps, 4]`` decoding noise of one sketch, a pure function of ``seed`` and ``steps``.
-
-    Draw order (fixed, part of the reproducibility promise): ``steps x 2`` uniforms
-    (component, pen), then ``steps x 2`` standard normals, from one CPU generator.
-    """
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    uniform = torch.rand(steps, 2, generator=gen)
-    normal = torch.randn(steps, 2, generator=gen)
-    return torch.cat([uniform[:, :1], normal, uniform[:, 1:]], dim=1)
 
 
 def kl_divergence(mu: Tensor, sigma: Tensor) -> Tensor:

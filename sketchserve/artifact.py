@@ -26,6 +26,30 @@ NOISE_CHANNELS = 4
 UNSIGNED_SUFFIXES = (".tmp", ".md")
 
 
+def sketch_seed(request_seed: int, index: int) -> int:
+    """The noise seed of sketch ``index`` of a seeded request: a SeedSequence mix of both, 64 bits."""
+    import numpy as np
+
+    words = np.random.SeedSequence([request_seed, index]).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 32) | int(words[1])
+
+
+def sketch_noise(seed: int, steps: int) -> Any:
+    """``[steps, NOISE_CHANNELS]`` decoding noise of one sketch (a CPU tensor), a pure function of ``seed`` and ``steps``.
+
+    The one definition that the server (Reconstruct) and ``sketchserve sample`` share,
+    so a seed draws the same sketch in both. Draw order (fixed, part of the
+    reproducibility promise): ``steps x 2`` uniforms (component, pen), then
+    ``steps x 2`` standard normals, from one CPU ``torch.Generator``.
+    """
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    uniform = torch.rand(steps, 2, generator=gen)
+    normal = torch.randn(steps, 2, generator=gen)
+    return torch.cat([uniform[:, :1], normal, uniform[:, 1:]], dim=1)
+
+
 class ArtifactError(RuntimeError):
     """A model directory that cannot be used (one line: which file, what is wrong)."""
 

@@ -164,3 +164,20 @@ def test_async_client(clustered_server: RunningServer) -> None:  # noqa: F811
         np.testing.assert_allclose(mu, sync.encode(sketches).mu, atol=MU_TOLERANCE)
         np.testing.assert_array_equal(clusters, sync.assign(sketches).cluster)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT and "max_points" in error.details
+
+
+def test_a_seed_draws_the_same_sketch_served_and_sampled(client: SketchClient, clustered_model: Path) -> None:  # noqa: F811
+    """Reconstruct and ``sketchserve sample`` share one noise definition: same latent, seed and temperature, same drawing."""
+    import torch
+
+    from sketchserve.artifact import load_artifact
+    from sketchserve.training.sampling import decode
+
+    artifact = load_artifact(clustered_model, torch.device("cpu"))
+    steps = int(artifact.manifest["max_seq_len"])
+    latents = np.random.default_rng(6).standard_normal((3, artifact.manifest["latent_size"])).astype(np.float32)
+    served = client.reconstruct(latents=latents, sampling=Sampling(temperature=0.6, max_points=steps, seed=9))
+    sampled = decode(artifact, latents, 0.6, 9)
+    assert any(len(s) > 1 for s in sampled)
+    for one, other in zip(served.sketches, sampled, strict=True):
+        np.testing.assert_allclose(one.to_stroke3(), Sketch.from_stroke3(other).to_stroke3(), atol=1e-3)

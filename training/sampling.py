@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sketchserve.artifact import load_artifact
+from sketchserve.artifact import load_artifact, sketch_noise, sketch_seed
 from sketchserve.data import iter_drawings
-from sketchserve.artifact import NOISE_CHANNELS
 from sketchserve.render import render_png
 from sketchserve.strokes import stroke3_to_drawing, stroke5_to_stroke3
 from sketchserve.training.config import ConfigError
@@ -24,18 +23,10 @@ COORD_DECIMALS = 2  # ndjson coordinates: canonical units to 1/100
 GRID_COLUMNS = 8  # prior samples per PNG row
 
 
-def decoder_noise(seed: int, index: int, steps: int) -> np.ndarray:
-    """The noise of sketch ``index`` of a seeded request: never depends on the other sketches."""
-    rng = np.random.default_rng([seed, index])
-    noise = rng.random((steps, NOISE_CHANNELS), dtype=np.float32)
-    noise[:, 1:3] = rng.standard_normal((steps, 2), dtype=np.float32)
-    return noise
-
-
 def decode(artifact: Any, z: np.ndarray, temperature: float, seed: int) -> list[np.ndarray]:
     """Stroke-3 drawings decoded from latent codes ``z [n, Nz]`` at ``temperature``."""
     steps = int(artifact.manifest["max_seq_len"])
-    noise = torch.from_numpy(np.stack([decoder_noise(seed, i, steps) for i in range(len(z))]))
+    noise = torch.stack([sketch_noise(sketch_seed(seed, i), steps) for i in range(len(z))])
     with torch.inference_mode():
         s5, lengths = artifact.decoder.sample(torch.from_numpy(np.asarray(z, dtype=np.float32)), noise, float(temperature))
     return [stroke5_to_stroke3(s5[i, : int(n)].numpy()) for i, n in enumerate(lengths.tolist())]
