@@ -10,7 +10,10 @@ from torch import nn
 
 from sketchserve.training.export import script_module
 from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
-from sketchserve.training.model import Decoder, Encoder, SketchRNN, at_step, normalize, reverse_within, split_params, step_losses
+from sketchserve.strokes import CANONICAL_SIZE
+from sketchserve.training.model import (
+    Decoder, Encoder, SketchRNN, at_step, canonical_positions, normalize, reverse_within, split_params, step_losses,
+)
 from sketchserve.training.train import kl_weight_at, lr_at
 
 TINY = ModelConfig(enc_hidden=12, dec_hidden=16, latent_size=6, num_mixtures=3, max_seq_len=40)
@@ -128,3 +131,24 @@ def test_layer_norm_cell_with_recurrent_dropout_trains_and_is_deterministic_in_e
     assert torch.equal(model.decoder.nll(z, x, lengths), model.decoder.nll(z, x, lengths))
     scripted = script_module(model.decoder)
     assert torch.allclose(scripted.nll(z, x, lengths), model.decoder.nll(z, x, lengths), atol=1e-5)
+
+
+def test_position_input_is_the_canonical_frame_and_ignores_padding() -> None:
+    # Two strokes: (0,0) -> (10,-20) -> (30,-20), lift, -> (30,5): top-left is (0,-20), so x spans 0..30, y 0..25.
+    rows = torch.tensor([[10.0, -20.0, 1, 0, 0], [20.0, 0.0, 0, 1, 0], [0.0, 25.0, 1, 0, 0]])
+    x = torch.cat([rows, torch.full((2, 5), 99.0)]).unsqueeze(0)  # two padding rows of junk
+    pos = canonical_positions(x, torch.tensor([3]))
+    expected = torch.tensor([[10.0, 0.0], [30.0, 0.0], [30.0, 25.0]]) * (2.0 / CANONICAL_SIZE) - 1.0
+    assert torch.allclose(pos[0, :3], expected)
+    cfg = ModelConfig(**{**TINY.__dict__, "encoder_input": "offsets+positions"}).validate()
+    enc = Encoder(cfg)
+    enc.scale.fill_(20.0)
+    batch, lengths = random_stroke5(3, 12), torch.tensor([12, 5, 8])
+    mu, _ = enc(batch, lengths)
+    junk = batch.clone()
+    junk[1, 5:] = 1e3
+    assert torch.allclose(enc(junk, lengths)[0], mu, atol=1e-6)
+    assert torch.allclose(enc(batch[1:2, :5], lengths[1:2])[0], mu[1:2], atol=1e-6)
+    assert torch.allclose(script_module(enc)(batch, lengths)[0], mu, atol=1e-6)
+    with pytest.raises(ConfigError, match="encoder_input must be one of"):
+        ModelConfig(encoder_input="pixels").validate()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 CELL_TYPES = ("lstm", "layer_norm")
+ENCODER_INPUTS = ("offsets", "offsets+positions")
 
 
 class ConfigError(ValueError):
@@ -44,11 +45,17 @@ class ModelConfig:
     # Paper: keep probability 0.9 on the decoder's cell input (Semeniuta et al.); needs the "layer_norm" cell
     # because the fused LSTM kernel has no hook for it, so 0 by default.
     recurrent_dropout: float = 0.0
+    # Paper: the encoder reads stroke-5 (offsets and pen state). "offsets+positions" also gives it each
+    # point's place in the canonical 0-255 frame (what a raster shows at once and an LSTM must otherwise
+    # integrate); an option, measured in docs/benchmarks.md ("Clustering"), so the paper's form stays the default.
+    encoder_input: str = "offsets"
 
     def validate(self) -> ModelConfig:
         _require(self, ("enc_hidden", "dec_hidden", "latent_size", "num_mixtures", "max_seq_len"), lambda v: v >= 1, ">= 1")
         if self.cell not in CELL_TYPES:
             raise ConfigError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
+        if self.encoder_input not in ENCODER_INPUTS:
+            raise ConfigError(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
         _require(self, ("recurrent_dropout",), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
         if self.recurrent_dropout > 0.0 and self.cell != "layer_norm":
             raise ConfigError("recurrent_dropout > 0 needs cell 'layer_norm' (the fused LSTM has no recurrent dropout)")

@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sketchserve.strokes import CANONICAL_SIZE
 from sketchserve.training.config import ModelConfig
 
 STROKE5 = 5
+POSITION_FEATURES = 2  # x, y of each point in the canonical frame (encoder_input 'offsets+positions')
 PEN_STATES = 3
 PEN_END = 2
 # Each mixture component has pi, mu_x, mu_y, log sigma_x, log sigma_y, rho.
@@ -195,6 +197,21 @@ def at_step(out: Tensor, step: Tensor) -> Tensor:
     return out.gather(1, step.view(-1, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
 
 
+def canonical_positions(x: Tensor, lengths: Tensor, span: float = CANONICAL_SIZE) -> Tensor:
+    """``[B, T, 2]``: where each row's offset lands in the canonical frame, scaled to about [-1, 1].
+
+    Row ``t`` of stroke-5 moves from point ``t`` to point ``t + 1`` (point 0 is the origin),
+    so the cumulative sum is each point's place relative to the first; shifting by the
+    minimum over the real points (and the origin) puts the drawing's top-left at 0, which
+    is the canonical frame (longer side 0..255). Padding rows never reach the minimum.
+    """
+    pos = torch.cumsum(x[..., 0:2], dim=1)
+    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    real = (steps < lengths.unsqueeze(1)).unsqueeze(-1)
+    lowest = torch.where(real, pos, torch.full_like(pos, math.inf)).amin(dim=1, keepdim=True).clamp(max=0.0)
+    return (pos - lowest) * (2.0 / span) - 1.0
+
+
 class Encoder(nn.Module):
     """Bidirectional LSTM over stroke-5 -> ``(mu, sigma)``; padding never changes a result.
 
@@ -207,8 +224,10 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.forward_lstm = nn.LSTM(STROKE5, cfg.enc_hidden, batch_first=True)
-        self.backward_lstm = nn.LSTM(STROKE5, cfg.enc_hidden, batch_first=True)
+        self.with_positions = cfg.encoder_input == "offsets+positions"
+        width = STROKE5 + (POSITION_FEATURES if self.with_positions else 0)
+        self.forward_lstm = nn.LSTM(width, cfg.enc_hidden, batch_first=True)
+        self.backward_lstm = nn.LSTM(width, cfg.enc_hidden, batch_first=True)
         self.mu = nn.Linear(2 * cfg.enc_hidden, cfg.latent_size)
         self.presig = nn.Linear(2 * cfg.enc_hidden, cfg.latent_size)
         self.register_buffer("scale", torch.ones(()))
@@ -216,10 +235,13 @@ class Encoder(nn.Module):
     @torch.jit.export
     def moments(self, x: Tensor, lengths: Tensor) -> Moments:
         """``(mu, presig)`` with ``sigma = exp(presig / 2)``; ``x`` in canonical units."""
+        lengths = lengths.to(x.device)
         xn = normalize(x, self.scale)
-        last = lengths.to(x.device) - 1
+        if self.with_positions:
+            xn = torch.cat([xn, canonical_positions(x, lengths)], dim=-1)
+        last = lengths - 1
         out_f, _ = self.forward_lstm(xn)
-        out_b, _ = self.backward_lstm(reverse_within(xn, lengths.to(x.device)))
+        out_b, _ = self.backward_lstm(reverse_within(xn, lengths))
         feat = torch.cat([at_step(out_f, last), at_step(out_b, last)], dim=-1)
         return Moments(mu=self.mu(feat), presig=self.presig(feat))
 
