@@ -152,3 +152,19 @@ def test_position_input_is_the_canonical_frame_and_ignores_padding() -> None:
     assert torch.allclose(script_module(enc)(batch, lengths)[0], mu, atol=1e-6)
     with pytest.raises(ConfigError, match="encoder_input must be one of"):
         ModelConfig(encoder_input="pixels").validate()
+
+
+def test_input_dropout_acts_only_in_training() -> None:
+    cfg = ModelConfig(**{**TINY.__dict__, "input_dropout": 0.5}).validate()
+    model = SketchRNN(cfg)
+    model.set_scale(20.0)
+    x, lengths, z = random_stroke5(3, 10), torch.tensor([10, 4, 7]), torch.randn(3, TINY.latent_size)
+    model.train()
+    assert not torch.equal(model.decoder.teacher_losses(z, x, lengths).offset, model.decoder.teacher_losses(z, x, lengths).offset)
+    model.eval()
+    plain = SketchRNN(TINY)
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    assert torch.equal(model.decoder.teacher_losses(z, x, lengths).offset, plain.decoder.teacher_losses(z, x, lengths).offset)
+    with pytest.raises(ConfigError, match="input_dropout must be in"):
+        ModelConfig(input_dropout=1.0).validate()

@@ -49,6 +49,10 @@ class ModelConfig:
     # point's place in the canonical 0-255 frame (what a raster shows at once and an LSTM must otherwise
     # integrate); an option, measured in docs/benchmarks.md ("Clustering"), so the paper's form stays the default.
     encoder_input: str = "offsets"
+    # Not in the paper: Bowman et al. 2016's word dropout for the decoder. In training, each teacher-forced
+    # input point is zeroed with this probability, so the decoder must lean on z for the drawing's overall
+    # shape; 0 (off) keeps the paper's model. An option measured in docs/benchmarks.md ("Clustering").
+    input_dropout: float = 0.0
 
     def validate(self) -> ModelConfig:
         _require(self, ("enc_hidden", "dec_hidden", "latent_size", "num_mixtures", "max_seq_len"), lambda v: v >= 1, ">= 1")
@@ -56,7 +60,7 @@ class ModelConfig:
             raise ConfigError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ConfigError(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
-        _require(self, ("recurrent_dropout",), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        _require(self, ("recurrent_dropout", "input_dropout"), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
         if self.recurrent_dropout > 0.0 and self.cell != "layer_norm":
             raise ConfigError("recurrent_dropout > 0 needs cell 'layer_norm' (the fused LSTM has no recurrent dropout)")
         return self

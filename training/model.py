@@ -253,7 +253,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Autoregressive LSTM decoder conditioned on ``z``; initial ``(h, c) = tanh(W z + b)``."""
 
-    __constants__ = ["num_mixtures", "dec_hidden", "pen_states", "pen_end"]
+    __constants__ = ["num_mixtures", "dec_hidden", "pen_states", "pen_end", "input_dropout"]
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -261,6 +261,7 @@ class Decoder(nn.Module):
         self.pen_end = PEN_END
         self.num_mixtures = cfg.num_mixtures
         self.dec_hidden = cfg.dec_hidden
+        self.input_dropout = cfg.input_dropout
         self.init_state = nn.Linear(cfg.latent_size, 2 * cfg.dec_hidden)
         if cfg.cell == "layer_norm":
             self.rnn = LayerNormLSTM(STROKE5 + cfg.latent_size, cfg.dec_hidden, cfg.recurrent_dropout)
@@ -287,7 +288,13 @@ class Decoder(nn.Module):
     def teacher_losses(self, z: Tensor, x: Tensor, lengths: Tensor) -> StepLosses:
         """Per-step losses ``[B, T+1]`` of canonical stroke-5 ``x`` (no start token); ``T+1`` is the end step."""
         xn = normalize(x, self.scale)
-        params = split_params(self.forward(z, teacher_inputs(xn)), self.num_mixtures)
+        inputs = teacher_inputs(xn)
+        if self.training and self.input_dropout > 0.0:
+            # Zero whole input points (never the start token): the decoder must lean on z.
+            keep = (torch.rand(inputs.shape[0], inputs.shape[1], 1, device=inputs.device) >= self.input_dropout).to(inputs.dtype)
+            keep = torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1)
+            inputs = inputs * keep
+        params = split_params(self.forward(z, inputs), self.num_mixtures)
         dx, dy, pen = targets(xn, lengths, self.pen_end)
         return step_losses(params, dx, dy, pen)
 
