@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import subprocess
 import sys
 import time
@@ -145,14 +146,19 @@ def ratio(model: Score, baselines: list[Score]) -> float:
     return model.nmi / best if best > 0 else float("inf")
 
 
-def train_models(root: Path, data_dir: Path, kl_weights: list[float], minutes: float, threads: int) -> list[Path]:
-    """Train and export one model per w_KL on the categories' train splits; returns the model directories."""
+def train_models(
+    root: Path, data_dir: Path, kl_weights: list[float], minutes: float, threads: int, extra: list[str]
+) -> list[Path]:
+    """Train and export one model per w_KL on the categories' train splits; returns the model directories.
+
+    ``extra`` flags go to every ``sketchserve train`` after ``TRAIN_FLAGS`` (e.g. ``--input-dropout 0.3``).
+    """
     data = [str(data_dir / f"{c}.npz") for c in CATEGORIES]
     models = []
     for weight in kl_weights:
         run, model = root / f"kl{weight:g}" / "run", root / f"kl{weight:g}" / "model"
         cli = [sys.executable, "-m", "sketchserve.cli"]
-        train = [*cli, "train", "--data", *data, "--out", str(run), *TRAIN_FLAGS, "--kl-weight", str(weight)]
+        train = [*cli, "train", "--data", *data, "--out", str(run), *TRAIN_FLAGS, *extra, "--kl-weight", str(weight)]
         subprocess.run([*train, "--threads", str(threads), "--max-minutes", str(minutes)], check=True)
         subprocess.run([*cli, "export", str(run), "--out", str(model), "--name", f"bench-kl{weight:g}"], check=True)
         models.append(model)
@@ -184,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--train", type=Path, help="train one model per --kl-weights into this folder first")
     parser.add_argument("--kl-weights", type=float, nargs="+", default=[0.1], help="w_KL of the models --train trains")
     parser.add_argument("--max-minutes", type=float, default=35.0, help="training budget per --train model")
+    parser.add_argument(
+        "--train-args", default="", help="more `sketchserve train` flags for --train, one string (e.g. '--input-dropout 0.3')"
+    )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with the four sketch-rnn .npz files")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the scores here")
@@ -196,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         sys.stderr.write(f"bench_clustering: {args.data_dir} lacks {', '.join(m + '.npz' for m in missing)}\n")
         return 2
-    model_dirs = args.model or train_models(args.train, args.data_dir, args.kl_weights, args.max_minutes, args.threads)
+    model_dirs = args.model or train_models(
+        args.train, args.data_dir, args.kl_weights, args.max_minutes, args.threads, shlex.split(args.train_args)
+    )
     data = load_eval_set(args.data_dir)
     models = [model_score(m, data.sketches, data.words) for m in model_dirs]
     baselines = baseline_scores(data.sketches, data.words)
