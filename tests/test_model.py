@@ -12,7 +12,7 @@ from sketchserve.training.export import script_module
 from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
 from sketchserve.strokes import CANONICAL_SIZE
 from sketchserve.training.model import (
-    Decoder, Encoder, SketchRNN, at_step, canonical_positions, normalize, reverse_within, split_params, step_losses,
+    Decoder, Encoder, MixturePrior, SketchRNN, at_step, canonical_positions, normalize, reverse_within, split_params, step_losses,
 )
 from sketchserve.training.train import kl_weight_at, lr_at
 
@@ -168,3 +168,23 @@ def test_input_dropout_acts_only_in_training() -> None:
     assert torch.equal(model.decoder.teacher_losses(z, x, lengths).offset, plain.decoder.teacher_losses(z, x, lengths).offset)
     with pytest.raises(ConfigError, match="input_dropout must be in"):
         ModelConfig(input_dropout=1.0).validate()
+
+
+def test_mixture_prior_kl_estimate_matches_the_closed_form_for_one_standard_component() -> None:
+    prior = MixturePrior(1, 5)
+    with torch.no_grad():
+        prior.means.zero_()
+        prior.log_var.zero_()
+    with torch.no_grad():
+        mu, presig = torch.randn(20000, 5), torch.randn(20000, 5) * 0.3
+    z = mu + torch.exp(presig / 2.0) * torch.randn_like(mu)
+    exact = -0.5 * torch.mean(1.0 + presig - mu * mu - torch.exp(presig))
+    assert abs(prior.kl_estimate(z, mu, presig).item() - exact.item()) < 0.02
+    cfg = ModelConfig(**{**TINY.__dict__, "prior_components": 3}).validate()
+    model = SketchRNN(cfg)
+    model.set_scale(20.0)
+    terms = model(random_stroke5(2, 10), torch.tensor([10, 6]), torch.randn(2, TINY.latent_size))
+    terms.kl.backward()
+    assert model.prior is not None and model.prior.means.grad is not None
+    with pytest.raises(ConfigError, match="prior_components must be >= 0"):
+        ModelConfig(prior_components=-1).validate()

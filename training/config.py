@@ -53,11 +53,16 @@ class ModelConfig:
     # input point is zeroed with this probability, so the decoder must lean on z for the drawing's overall
     # shape; 0 (off) keeps the paper's model. An option measured in docs/benchmarks.md ("Clustering").
     input_dropout: float = 0.0
+    # Paper: the prior is N(0, I) (0 here). K > 0 makes it a learned mixture of K diagonal Gaussians
+    # (a VaDE-style prior; its KL term is estimated from the same z sample), so codes gather around
+    # K centres that k-means can find. An option measured in docs/benchmarks.md ("Clustering").
+    prior_components: int = 0
 
     def validate(self) -> ModelConfig:
         _require(self, ("enc_hidden", "dec_hidden", "latent_size", "num_mixtures", "max_seq_len"), lambda v: v >= 1, ">= 1")
         if self.cell not in CELL_TYPES:
             raise ConfigError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
+        _require(self, ("prior_components",), lambda v: v >= 0, ">= 0")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ConfigError(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
         _require(self, ("recurrent_dropout", "input_dropout"), lambda v: 0.0 <= v < 1.0, "in [0, 1)")

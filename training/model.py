@@ -359,6 +359,33 @@ class Decoder(nn.Module):
         return out, lengths
 
 
+class MixturePrior(nn.Module):
+    """A learned prior ``sum_k pi_k N(means_k, diag(exp(log_var_k)))`` over the latent space.
+
+    The KL term has no closed form, so it is estimated from the training sample ``z``:
+    ``log q(z|x) - log p(z)``, averaged over batch and divided by the latent size (the
+    same units as the standard-normal KL). Means start spread (standard normal) so
+    the components do not start identical.
+    """
+
+    def __init__(self, components: int, latent_size: int) -> None:
+        super().__init__()
+        self.means = nn.Parameter(torch.randn(components, latent_size))
+        self.log_var = nn.Parameter(torch.zeros(components, latent_size))
+        self.logits = nn.Parameter(torch.zeros(components))
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``log p(z)`` per row of ``z [B, Nz]``."""
+        diff = z.unsqueeze(1) - self.means.unsqueeze(0)
+        per_component = -0.5 * (diff * diff / self.log_var.exp() + self.log_var + LOG_2PI).sum(dim=-1)
+        return torch.logsumexp(per_component + torch.log_softmax(self.logits, dim=0), dim=1)
+
+    def kl_estimate(self, z: Tensor, mu: Tensor, presig: Tensor) -> Tensor:
+        diff = z - mu
+        log_q = -0.5 * (diff * diff / presig.exp() + presig + LOG_2PI).sum(dim=-1)
+        return (log_q - self.log_prob(z)).mean() / z.shape[1]
+
+
 class SketchRNN(nn.Module):
     """Encoder + decoder for training; ``forward`` returns the (unweighted) loss terms."""
 
@@ -367,6 +394,7 @@ class SketchRNN(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        self.prior = MixturePrior(cfg.prior_components, cfg.latent_size) if cfg.prior_components else None
 
     def set_scale(self, scale: float) -> None:
         self.encoder.scale.fill_(scale)
@@ -387,5 +415,8 @@ class SketchRNN(nn.Module):
         offset = (losses.offset * real).sum() / denom
         pen_mask = real if not self.training else (steps <= lengths.unsqueeze(1)).to(real.dtype)
         pen = (losses.pen * pen_mask).sum() / denom
-        kl = -0.5 * torch.mean(1.0 + presig - mu * mu - torch.exp(presig))
+        if self.prior is None:
+            kl = -0.5 * torch.mean(1.0 + presig - mu * mu - torch.exp(presig))
+        else:
+            kl = self.prior.kl_estimate(z, mu, presig)
         return LossTerms(recon=offset + pen, kl=kl, offset=offset, pen=pen)
