@@ -48,9 +48,22 @@ def base_manifest(model: SketchRNN, cfg: ModelConfig, train_cfg: TrainConfig | N
         "max_seq_len": cfg.max_seq_len,
         "scale_factor": model.scale_factor,
         "hparams": hparams(cfg, train_cfg),
+        "prior": prior_description(model),
         "data": {},
         "metrics": {},
         "training": {},
+    }
+
+
+def prior_description(model: SketchRNN) -> dict[str, Any]:
+    """The latent prior, for whoever samples from it: the paper's standard normal, or the learned mixture."""
+    if model.prior is None:
+        return {"kind": "standard_normal"}
+    return {
+        "kind": "gaussian_mixture",
+        "weights": torch.softmax(model.prior.logits.detach(), dim=0).tolist(),
+        "means": model.prior.means.detach().tolist(),
+        "log_var": model.prior.log_var.detach().tolist(),
     }
 
 

@@ -37,7 +37,14 @@ def latent_codes(artifact: Any, n: int, around: list[np.ndarray], seed: int) -> 
     noise at the chosen temperature then varies them: Ha & Eck's conditional sampling)."""
     size = int(artifact.manifest["latent_size"])
     if not around:
-        return np.random.default_rng([seed, size]).standard_normal((n, size)).astype(np.float32)
+        rng = np.random.default_rng([seed, size])
+        normal = rng.standard_normal((n, size)).astype(np.float32)
+        prior = artifact.manifest.get("prior", {"kind": "standard_normal"})
+        if prior["kind"] != "gaussian_mixture":
+            return normal
+        component = rng.choice(len(prior["weights"]), size=n, p=np.asarray(prior["weights"]) / np.sum(prior["weights"]))
+        means, log_var = np.asarray(prior["means"], np.float32), np.asarray(prior["log_var"], np.float32)
+        return (means[component] + np.exp(log_var[component] / 2.0) * normal).astype(np.float32)
     return np.repeat(encode_stroke3(artifact, around, progress=False), n, axis=0)
 
 
