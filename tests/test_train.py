@@ -156,3 +156,12 @@ def test_sigterm_stops_after_a_step_with_a_checkpoint_that_resumes(faces: Path, 
     assert 0 < stopped_at < 100000
     train(["--resume", "--out", str(run), "--max-steps", str(stopped_at + 2)])
     assert load_checkpoint(run / CHECKPOINT)["step"] == stopped_at + 2
+
+
+def test_export_records_which_checkpoint_it_took(trained: Path, tmp_path: Path) -> None:
+    for which, expected in (("best", "lowest validation loss"), ("last", "last checkpoint")):
+        out = tmp_path / which
+        assert export_main([str(trained), "--out", str(out), "--checkpoint", which]) == 0
+        training = json.loads((out / "manifest.json").read_text())["training"]
+        assert training["selected_by"] == expected
+    assert training["steps"] == load_checkpoint(trained / CHECKPOINT)["step"]

@@ -19,7 +19,9 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> SketchRNN:
     return model.eval()
 
 
-def manifest_from_checkpoint(ckpt: dict[str, Any], last: dict[str, Any], name: str, version: str) -> dict[str, Any]:
+def manifest_from_checkpoint(
+    ckpt: dict[str, Any], last: dict[str, Any], name: str, version: str, selected_by: str = "lowest validation loss"
+) -> dict[str, Any]:
     metrics = ckpt.get("metrics", {})
     spec = ckpt.get("spec", {})
     return {
@@ -33,7 +35,7 @@ def manifest_from_checkpoint(ckpt: dict[str, Any], last: dict[str, Any], name: s
             "command": spec.get("command", ""),
             "run_steps": last["step"],
             "run_wall_seconds": round(float(last.get("wall_seconds", 0.0)), 1),
-            "selected_by": "lowest validation loss",
+            "selected_by": selected_by,
         },
     }
 
@@ -41,8 +43,9 @@ def manifest_from_checkpoint(ckpt: dict[str, Any], last: dict[str, Any], name: s
 def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str, which: str = "best") -> Path:
     """Export ``best.pt`` (or ``ckpt.pt`` for ``which="last"``) of ``run_dir`` into ``out_dir``."""
     last = load_checkpoint(run_dir / CHECKPOINT)
-    ckpt = load_checkpoint(run_dir / BEST) if which == "best" and (run_dir / BEST).is_file() else last
+    best = which == "best" and (run_dir / BEST).is_file()
+    ckpt = load_checkpoint(run_dir / BEST) if best else last
     model = model_from_checkpoint(ckpt)
     train_cfg = config_from_dict(TrainConfig, ckpt["train_config"])
-    manifest = manifest_from_checkpoint(ckpt, last, name, version)
+    manifest = manifest_from_checkpoint(ckpt, last, name, version, "lowest validation loss" if best else "last checkpoint")
     return export_artifact(model, model.cfg, out_dir, manifest, train_cfg)
