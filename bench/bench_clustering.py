@@ -13,7 +13,10 @@ radio), side by side in one run:
   not a weak, baseline).
 
 Prints a markdown table of NMI and ARI against the true categories and the
-ratio of the model's NMI to the baseline's; `--json PATH` also writes them.
+ratio of the model's NMI to the baseline's; beside them, NMI's spread over
+single-start k-means fits and a linear probe's accuracy (how much category the
+features carry at all). `--json PATH` also writes them, with each category's
+drawings per cluster.
 With `--train ROOT` the run first trains (`sketchserve train`, one process per
 w_KL, one after the other, bounded by --max-minutes each) and exports a model
 per w_KL on the four train splits, with `TRAIN_FLAGS` below.
@@ -35,6 +38,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +53,10 @@ RANDOM_STATE = 0
 N_INIT = 10
 # How much NMI depends on k-means' start: single-start fits with these seeds, min and max NMI reported.
 SPREAD_SEEDS = range(10)
+# How much category the features carry at all: a logistic-regression probe on standardized features,
+# fit on a random half of the drawings (fixed seed) and scored on the other half. Not the goal metric.
+PROBE_SEED = 0
+PROBE_MAX_ITER = 3000
 # Baseline: 28x28 rasters (the size of Quick, Draw!'s own bitmaps), PCA to 50 dimensions.
 RASTER_SIZE = 28
 PCA_DIMS = 50
@@ -69,6 +78,8 @@ class Score:
     seconds: float
     nmi_min: float  # over single-start k-means fits (SPREAD_SEEDS): partitions of near-equal inertia
     nmi_max: float
+    probe_accuracy: float
+    clusters_by_category: dict[str, list[int]]  # the n_init fit: each category's drawings per cluster
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ def score(method: str, features: np.ndarray, words: list[str], started: float) -
         normalized_mutual_info_score(words, KMeans(n_clusters=K, random_state=seed, n_init=1).fit_predict(features.astype(np.float64)))
         for seed in SPREAD_SEEDS
     ]
+    names = np.asarray(words)
     return Score(
         method=method,
         nmi=float(normalized_mutual_info_score(words, labels)),
@@ -109,7 +121,17 @@ def score(method: str, features: np.ndarray, words: list[str], started: float) -
         seconds=seconds,
         nmi_min=float(min(spread)),
         nmi_max=float(max(spread)),
+        probe_accuracy=probe_accuracy(features, names),
+        clusters_by_category={c: np.bincount(labels[names == c], minlength=K).tolist() for c in CATEGORIES},
     )
+
+
+def probe_accuracy(features: np.ndarray, names: np.ndarray) -> float:
+    order = np.random.default_rng(PROBE_SEED).permutation(len(names))
+    fit, held = order[: len(order) // 2], order[len(order) // 2 :]
+    scaled = StandardScaler().fit_transform(features.astype(np.float64))
+    probe = LogisticRegression(max_iter=PROBE_MAX_ITER).fit(scaled[fit], names[fit])
+    return float(probe.score(scaled[held], names[held]))
 
 
 def raster(s3: np.ndarray, line_width: int) -> np.ndarray:
@@ -176,19 +198,20 @@ def train_models(
     return models
 
 
+def _row(s: Score, note: str) -> str:
+    return f"| {s.method}{note} | {s.nmi:.3f} | {s.ari:.3f} | {s.nmi_min:.3f}-{s.nmi_max:.3f} | {s.probe_accuracy:.3f} | {s.seconds:.1f} |"
+
+
 def table(models: list[Score], baselines: list[Score], n: int) -> str:
     best = max(baselines, key=lambda s: s.nmi)
     lines = [
         f"{n} drawings ({', '.join(CATEGORIES)}; splits {'+'.join(SPLITS)}), k-means k={K}, random_state={RANDOM_STATE}, n_init={N_INIT}",
         "",
-        f"| features | NMI | ARI | NMI, {len(SPREAD_SEEDS)} single k-means starts (min-max) | seconds |",
-        "|---|---|---|---|---|",
+        f"| features | NMI | ARI | NMI, {len(SPREAD_SEEDS)} single k-means starts (min-max) | probe accuracy | seconds |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {m.method} | {m.nmi:.3f} | {m.ari:.3f} | {m.nmi_min:.3f}-{m.nmi_max:.3f} | {m.seconds:.1f} |" for m in models]
-    lines += [
-        f"| {s.method}{' (best baseline)' if s is best else ''} | {s.nmi:.3f} | {s.ari:.3f} | {s.nmi_min:.3f}-{s.nmi_max:.3f} | {s.seconds:.1f} |"
-        for s in baselines
-    ]
+    lines += [_row(m, "") for m in models]
+    lines += [_row(s, " (best baseline)" if s is best else "") for s in baselines]
     lines.append("")
     for m in models:
         r = ratio(m, baselines)
