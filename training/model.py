@@ -359,13 +359,20 @@ class Decoder(nn.Module):
         return out, lengths
 
 
+def diagonal_gaussian_log_prob(z: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    """``log N(z; mean, diag(exp(log_var)))`` summed over the last dimension (broadcasting)."""
+    diff = z - mean
+    return -0.5 * (diff * diff / log_var.exp() + log_var + LOG_2PI).sum(dim=-1)
+
+
 class MixturePrior(nn.Module):
     """A learned prior ``sum_k pi_k N(means_k, diag(exp(log_var_k)))`` over the latent space.
 
     The KL term has no closed form, so it is estimated from the training sample ``z``:
     ``log q(z|x) - log p(z)``, averaged over batch and divided by the latent size (the
-    same units as the standard-normal KL). Means start spread (standard normal) so
-    the components do not start identical.
+    same units as the standard-normal KL). Means start at standard-normal draws so the
+    components differ; in a 600-step run every code still fell into one component
+    (docs/benchmarks.md, "Clustering"): VaDE starts them from k-means on trained codes.
     """
 
     def __init__(self, components: int, latent_size: int) -> None:
@@ -376,13 +383,11 @@ class MixturePrior(nn.Module):
 
     def log_prob(self, z: Tensor) -> Tensor:
         """``log p(z)`` per row of ``z [B, Nz]``."""
-        diff = z.unsqueeze(1) - self.means.unsqueeze(0)
-        per_component = -0.5 * (diff * diff / self.log_var.exp() + self.log_var + LOG_2PI).sum(dim=-1)
+        per_component = diagonal_gaussian_log_prob(z.unsqueeze(1), self.means.unsqueeze(0), self.log_var.unsqueeze(0))
         return torch.logsumexp(per_component + torch.log_softmax(self.logits, dim=0), dim=1)
 
     def kl_estimate(self, z: Tensor, mu: Tensor, presig: Tensor) -> Tensor:
-        diff = z - mu
-        log_q = -0.5 * (diff * diff / presig.exp() + presig + LOG_2PI).sum(dim=-1)
+        log_q = diagonal_gaussian_log_prob(z, mu, presig)
         return (log_q - self.log_prob(z)).mean() / z.shape[1]
 
 
