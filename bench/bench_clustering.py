@@ -102,17 +102,15 @@ def load_eval_set(data_dir: Path) -> EvalSet:
     return EvalSet(sketches=sketches, words=words)
 
 
-def kmeans_labels(features: np.ndarray) -> np.ndarray:
-    return KMeans(n_clusters=K, random_state=RANDOM_STATE, n_init=N_INIT).fit_predict(features.astype(np.float64))
+def kmeans_labels(features: np.ndarray, random_state: int = RANDOM_STATE, n_init: int = N_INIT) -> np.ndarray:
+    return KMeans(n_clusters=K, random_state=random_state, n_init=n_init).fit_predict(features)
 
 
 def score(method: str, features: np.ndarray, words: list[str], started: float) -> Score:
+    features = features.astype(np.float64)
     labels = kmeans_labels(features)
     seconds = time.perf_counter() - started
-    spread = [
-        normalized_mutual_info_score(words, KMeans(n_clusters=K, random_state=seed, n_init=1).fit_predict(features.astype(np.float64)))
-        for seed in SPREAD_SEEDS
-    ]
+    spread = [normalized_mutual_info_score(words, kmeans_labels(features, seed, 1)) for seed in SPREAD_SEEDS]
     names = np.asarray(words)
     return Score(
         method=method,
@@ -129,7 +127,7 @@ def score(method: str, features: np.ndarray, words: list[str], started: float) -
 def probe_accuracy(features: np.ndarray, names: np.ndarray) -> float:
     order = np.random.default_rng(PROBE_SEED).permutation(len(names))
     fit, held = order[: len(order) // 2], order[len(order) // 2 :]
-    scaled = StandardScaler().fit_transform(features.astype(np.float64))
+    scaled = StandardScaler().fit_transform(features)
     probe = LogisticRegression(max_iter=PROBE_MAX_ITER).fit(scaled[fit], names[fit])
     return float(probe.score(scaled[held], names[held]))
 

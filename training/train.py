@@ -190,9 +190,8 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig, handler in self._previous.items():
-                signal.signal(sig, handler)
+        for sig, handler in self._previous.items():  # empty unless __enter__ ran in the main thread
+            signal.signal(sig, handler)
         self._previous = {}
 
 
