@@ -148,7 +148,8 @@ class FusedLSTM(nn.Module):
             self.lstm.bias_ih_l0[hidden : 2 * hidden].fill_(FORGET_BIAS)
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> CellOutput:
-        out, (h2, c2) = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))
+        # cuDNN wants contiguous states; h and c are often views (halves of the decoder's initial state).
+        out, (h2, c2) = self.lstm(x, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
         return CellOutput(out=out, h=h2.squeeze(0), c=c2.squeeze(0))
 
 
