@@ -1,6 +1,6 @@
 """Serving benchmark: throughput and latency of the gRPC server against its limits.
 
-    .venv/bin/python bench/bench_serving.py [--model DIR] [--quick] [--out FILE.md]
+    .venv/bin/python bench/bench_serving.py [--model DIR] [--device cuda] [--quick] [--out FILE.md]
 
 In one run, side by side:
 
@@ -73,6 +73,7 @@ class BenchConfig:
     max_points: int  # Reconstruct output length: the issue's figures are for 100-step decodes
     max_round_s: float  # longest wait for a cell's first round of completions (steady state)
     torch_threads: int  # server and in-process alike (the server's default is 1)
+    device: str  # server and in-process alike: cpu, cuda or cuda:N
     out: Path | None
 
 
@@ -108,6 +109,7 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
     parser.add_argument("--sketches-per-call", default="1,32", help="comma-separated (default %(default)s)")
     parser.add_argument("--max-points", type=int, default=100, help="Reconstruct output points (default %(default)s)")
     parser.add_argument("--torch-threads", type=int, default=1, help="server and in-process (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="server and in-process: cpu, cuda or cuda:N (default %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
     args = parser.parse_args(list(argv))
     quick = args.quick
@@ -121,6 +123,7 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
         max_points=args.max_points,
         max_round_s=args.max_round if args.max_round is not None else (2.0 if quick else 30.0),
         torch_threads=args.torch_threads,
+        device=args.device,
         out=args.out,
     )
     if config.duration_s <= 0 or config.warmup_s < 0 or config.max_calls < 1 or config.max_points < 1:
@@ -214,6 +217,7 @@ def served(config: BenchConfig, model_dir: Path, sketches: tuple[bytes, ...]) ->
     most_outstanding = max(config.concurrency) * max(config.sketches_per_call)
     common = [
         "--torch-threads", str(config.torch_threads),
+        "--device", config.device,
         "--max-queue", str(max(QUEUE_HEADROOM * most_outstanding, max(config.sketches_per_call))),
         "--max-sketches-per-request", str(max(config.sketches_per_call)),
     ]
@@ -236,7 +240,7 @@ def in_process(config: BenchConfig, model_dir: Path, canonical: list[np.ndarray]
     """In-process results keyed by (method, batch size): batch 1 and each batch size formed at the top concurrency."""
     from serving_inprocess import load, measure
 
-    model = load(model_dir, config.torch_threads)
+    model = load(model_dir, config.torch_threads, config.device)
     top = max(config.concurrency)
     results = {}
     for method in METHODS:
@@ -337,6 +341,15 @@ def report(config: BenchConfig, conditions: list[str], rows: list[Row], limits: 
     return "\n".join(lines) + "\n"
 
 
+def device_name(device: str) -> str:
+    """The device as the report names it: the GPU's model for CUDA devices."""
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     config = parse_args(sys.argv[1:] if argv is None else argv)
@@ -356,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         conditions = [
             f"Run {started} on {platform.machine()} with {os.cpu_count()} CPUs, load average {load_before:.2f} "
             f"before / {os.getloadavg()[0]:.2f} after; model {manifest.get('name')} {manifest.get('version')} "
-            f"({model_dir}); {drawings.source}; torch threads "
+            f"({model_dir}); {drawings.source}; device {device_name(config.device)}; torch threads "
             f"{config.torch_threads}; Reconstruct max_points {config.max_points}; warm-up {config.warmup_s} s, "
             f"window at least {config.duration_s} s per cell (two of the slowest calls, up to {config.max_round_s} s).",
         ]

@@ -33,11 +33,11 @@ class InProcessResult:
     ms_per_batch: float
 
 
-def load(model_dir: Path, torch_threads: int) -> SketchModel:
-    """The model as the server loads it, with the server's torch thread count."""
+def load(model_dir: Path, torch_threads: int, device: str = "cpu") -> SketchModel:
+    """The model as the server loads it, with the server's torch thread count, on the server's device."""
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
-    return load_model(model_dir, "cpu")
+    return load_model(model_dir, device)
 
 
 def _encode(model: SketchModel, batch: Sequence[np.ndarray], max_points: int, seed: int) -> object:
