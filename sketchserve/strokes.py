@@ -487,6 +487,16 @@ def augment_stroke3(
     return result
 
 
+def drop_strokes(s3: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
+    """A stroke-3 drawing without some of its strokes: each is dropped with probability ``prob`` and at
+    least one always stays. The kept strokes keep their shapes and their places relative to each other."""
+    drawing = stroke3_to_drawing(s3)
+    keep = rng.random(len(drawing)) >= prob
+    if not keep.any():
+        keep[rng.integers(len(drawing))] = True
+    return drawing_to_stroke3([stroke for stroke, kept in zip(drawing, keep) if kept])
+
+
 @dataclass(frozen=True)
 class DrawingAgreement:
     """How closely drawings match their references, pair by pair."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,8 +13,10 @@ from sketchserve.training.export import script_module
 from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
 from sketchserve.strokes import CANONICAL_SIZE
 from sketchserve.training.model import (
-    Decoder, Encoder, MixturePrior, SketchRNN, at_step, canonical_positions, normalize, reverse_within, split_params, step_losses,
+    Decoder, Encoder, MixturePrior, SketchRNN, at_step, canonical_positions, contrastive_loss, normalize, reverse_within,
+    split_params, step_losses,
 )
+from sketchserve.training.dataset import Batch, sample_views
 from sketchserve.training.train import kl_weight_at, lr_at
 
 TINY = ModelConfig(enc_hidden=12, dec_hidden=16, latent_size=6, num_mixtures=3, max_seq_len=40)
@@ -206,3 +209,42 @@ def test_a_mixture_prior_travels_in_the_manifest_and_sample_draws_from_it(tmp_pa
     assert artifact.manifest["prior"]["kind"] == "gaussian_mixture"
     codes = latent_codes(artifact, 200, [], seed=1)
     assert abs(float(codes.mean()) - 50.0) < 0.5 and 0.8 < float(codes.std()) < 1.2
+
+
+def test_contrastive_loss_rewards_matching_views_and_is_log_b_for_uninformative_codes() -> None:
+    a = torch.randn(16, 6)
+    assert contrastive_loss(a, a, 0.1).item() < 0.5
+    assert contrastive_loss(a, torch.randn(16, 6), 0.1).item() > 1.0
+    same = torch.ones(16, 6)
+    assert math.isclose(contrastive_loss(same, same, 0.1).item(), math.log(16), rel_tol=1e-5)
+    assert math.isclose(contrastive_loss(a, a.flip(0), 0.5).item(), contrastive_loss(a.flip(0), a, 0.5).item(), rel_tol=1e-5)
+
+
+def test_a_second_view_adds_a_contrastive_term_with_encoder_gradients_only_there() -> None:
+    model = SketchRNN(TINY)
+    model.set_scale(20.0)
+    x, lengths, eps = random_stroke5(4, 10), torch.tensor([10, 4, 7, 9]), torch.zeros(4, TINY.latent_size)
+    plain = model(x, lengths, eps)
+    assert plain.contrastive.item() == 0.0
+    view = Batch(random_stroke5(4, 8), torch.tensor([8, 3, 6, 8]))
+    terms = model(x, lengths, eps, view, 0.1)
+    assert torch.equal(terms.recon, plain.recon) and terms.contrastive.item() > 0.0
+    terms.contrastive.backward()
+    assert model.encoder.forward_lstm.weight_ih_l0.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.decoder.parameters())
+
+
+def test_contrastive_views_are_distinct_sketches_augmented_twice() -> None:
+    sketches = [np.array([[i + 1.0, 2.0, 0.0], [3.0, 4.0, 0.0], [5.0, -1.0, 0.0], [2.0, 2.0, 1.0]]) for i in range(10)]
+    still = TrainConfig(contrastive_weight=1.0, random_scale_factor=0.0, augment_stroke_prob=0.0, view_scale_factor=0.0,
+                        view_drop_prob=0.0)
+    batch, view = sample_views(sketches, 10, np.random.default_rng(0), still)
+    assert view is not None and torch.equal(batch.x, view.x)
+    assert sorted(batch.x[:, 0, 0].tolist()) == [float(i + 1) for i in range(10)]  # no sketch twice
+    batch, view = sample_views(sketches, 10, np.random.default_rng(0), TrainConfig(contrastive_weight=1.0))
+    assert view is not None and not torch.equal(batch.x, view.x)
+    assert sample_views(sketches, 4, np.random.default_rng(0), TrainConfig()).view is None
+    for field, value, rule in (("contrastive_weight", -1.0, ">= 0"), ("contrastive_temperature", 0.0, "> 0"),
+                               ("view_drop_prob", 1.0, "in \\[0, 1\\)")):
+        with pytest.raises(ConfigError, match=f"{field} must be {rule}"):
+            TrainConfig(**{field: value}).validate()

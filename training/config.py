@@ -105,6 +105,19 @@ class TrainConfig:
     log_every: int = 20
     # Fixed seed: repeatable runs on CPU.
     seed: int = 0
+    # Not in the paper (0: off). SimCLR's NT-Xent (Chen et al. 2020) between the codes of two augmentations
+    # of each sketch, added to the loss with this weight: mu must then ignore what the augmentation changes
+    # (point count, proportions) and keep what tells sketches apart. Costs a second encoder pass per step.
+    # An option measured in docs/benchmarks.md ("Clustering").
+    contrastive_weight: float = 0.0
+    # SimCLR's temperature; 0.1 is in the range its ablations found best.
+    contrastive_temperature: float = 0.1
+    # The second view's augmentation: twice the paper's scaling, three times its point dropping, and whole
+    # strokes dropped (an eye, an antenna), so the two views of a sketch differ in length, proportions and
+    # parts; with the paper's mild augmentation alone, telling views apart was solved in 50 steps.
+    view_scale_factor: float = 0.3
+    view_drop_prob: float = 0.3
+    view_stroke_drop: float = 0.2
 
     def validate(self) -> TrainConfig:
         _require(self, ("batch_size", "max_steps", "eval_every", "checkpoint_every", "log_every"), lambda v: v >= 1, ">= 1")
@@ -113,7 +126,10 @@ class TrainConfig:
         _require(self, ("min_lr", "kl_weight", "kl_weight_start", "kl_tolerance"), lambda v: v >= 0, ">= 0")
         if self.min_lr > self.learning_rate:
             raise ConfigError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
-        _require(self, ("random_scale_factor", "augment_stroke_prob"), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        _require(self, ("random_scale_factor", "augment_stroke_prob", "view_scale_factor", "view_drop_prob", "view_stroke_drop"),
+                 lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        _require(self, ("contrastive_weight",), lambda v: v >= 0, ">= 0")
+        _require(self, ("contrastive_temperature",), lambda v: v > 0, "> 0")
         return self
 
 

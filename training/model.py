@@ -16,7 +16,7 @@ teach the decoder to stay ended, which sampling never asks of it).
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Tuple
+from typing import TYPE_CHECKING, List, NamedTuple, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from torch import Tensor, nn
 
 from sketchserve.strokes import CANONICAL_SIZE
 from sketchserve.training.config import ModelConfig
+
+if TYPE_CHECKING:
+    from sketchserve.training.dataset import Batch
 
 STROKE5 = 5
 POSITION_FEATURES = 2  # x, y of each point in the canonical frame (encoder_input 'offsets+positions')
@@ -80,6 +83,7 @@ class LossTerms(NamedTuple):
     kl: Tensor
     offset: Tensor
     pen: Tensor
+    contrastive: Tensor  # 0 unless a second view was given (see ``contrastive_loss``)
 
 
 def split_params(out: Tensor, num_mixtures: int, rho_limit: float = RHO_LIMIT) -> MixtureParams:
@@ -410,8 +414,14 @@ class SketchRNN(nn.Module):
     def scale_factor(self) -> float:
         return float(self.encoder.scale)
 
-    def forward(self, x: Tensor, lengths: Tensor, eps: Tensor) -> LossTerms:
-        """``x`` canonical stroke-5 ``[B,T,5]`` (no start token), ``eps`` standard normal ``[B, Nz]``."""
+    def forward(
+        self, x: Tensor, lengths: Tensor, eps: Tensor, view: Batch | None = None, temperature: float = 0.1
+    ) -> LossTerms:
+        """``x`` canonical stroke-5 ``[B,T,5]`` (no start token), ``eps`` standard normal ``[B, Nz]``.
+
+        ``view``: the same sketches augmented differently; then ``contrastive`` is
+        ``contrastive_loss`` between the two views' ``mu`` at ``temperature``.
+        """
         mu, presig = self.encoder.moments(x, lengths)
         z = mu + torch.exp(presig / 2.0) * eps
         losses = self.decoder.teacher_losses(z, x, lengths)
@@ -425,4 +435,18 @@ class SketchRNN(nn.Module):
             kl = -0.5 * torch.mean(1.0 + presig - mu * mu - torch.exp(presig))
         else:
             kl = self.prior.kl_estimate(z, mu, presig)
-        return LossTerms(recon=offset + pen, kl=kl, offset=offset, pen=pen)
+        contrastive = torch.zeros((), device=x.device)
+        if view is not None:
+            mu_view, _ = self.encoder.moments(view.x, view.lengths)
+            contrastive = contrastive_loss(mu, mu_view, temperature)
+        return LossTerms(recon=offset + pen, kl=kl, offset=offset, pen=pen, contrastive=contrastive)
+
+
+def contrastive_loss(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    """NT-Xent (SimCLR, Chen et al. 2020) between two views' codes ``[B, Nz]``: row i of ``a`` and of ``b``
+    are the same sketch; every other row of the batch is a negative. Cosine similarity over ``temperature``,
+    cross-entropy both ways, mean over the batch (``log B`` when the codes say nothing)."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.t() / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))

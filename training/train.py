@@ -29,7 +29,7 @@ from torch import nn
 from sketchserve.progress import Progress
 from sketchserve.training.checkpoint import CHECKPOINT, BEST, load_checkpoint, save_checkpoint
 from sketchserve.training.config import ModelConfig, TrainConfig
-from sketchserve.training.dataset import Batch, Dataset, RecordFilter, fixed_batches, load_dataset, sample_batch, scale_factor
+from sketchserve.training.dataset import Batch, Dataset, RecordFilter, Views, fixed_batches, load_dataset, sample_views, scale_factor
 from sketchserve.training.model import SketchRNN
 
 logger = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def _train_step(
     ddp_model: nn.Module,
     model: SketchRNN,
     opt: torch.optim.Optimizer,
-    batch: Batch,
+    views: Views,
     eps: torch.Tensor,
     step: int,
     cfg: TrainConfig,
@@ -218,13 +218,19 @@ def _train_step(
     for group in opt.param_groups:
         group["lr"] = lr
     kl_w = kl_weight_at(step, cfg)
-    terms = ddp_model(batch.x.to(device), batch.lengths.to(device), eps.to(device))
-    loss = total_loss(terms.recon, terms.kl, kl_w, cfg.kl_tolerance)
+    batch, view = views
+    if view is not None:
+        view = Batch(view.x.to(device), view.lengths.to(device))
+    terms = ddp_model(batch.x.to(device), batch.lengths.to(device), eps.to(device), view, cfg.contrastive_temperature)
+    loss = total_loss(terms.recon, terms.kl, kl_w, cfg.kl_tolerance) + cfg.contrastive_weight * terms.contrastive
     opt.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
-    return {"loss": loss.item(), "recon": terms.recon.item(), "kl": terms.kl.item(), "kl_weight": kl_w, "lr": lr}
+    stats = {"loss": loss.item(), "recon": terms.recon.item(), "kl": terms.kl.item(), "kl_weight": kl_w, "lr": lr}
+    if view is not None:
+        stats["contrastive"] = terms.contrastive.item()
+    return stats
 
 
 @dataclass
@@ -315,9 +321,9 @@ def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist
         if dist.main:
             logger.info("training steps %d to %d; SIGTERM or Ctrl-C stops after the current step, with a checkpoint", first_step + 1, tcfg.max_steps)
         while state.step < tcfg.max_steps and not _stop_agreed(time.monotonic() >= deadline or stop.requested.is_set(), dist):
-            batch = sample_batch(data.train, local_batch, rng, tcfg.random_scale_factor, tcfg.augment_stroke_prob)
+            views = sample_views(data.train, local_batch, rng, tcfg)
             eps = torch.randn(local_batch, cfg.latent_size)
-            stats = _train_step(ddp_model, model, opt, batch, eps, state.step, tcfg, dist.device)
+            stats = _train_step(ddp_model, model, opt, views, eps, state.step, tcfg, dist.device)
             state.step += 1
             elapsed = time.monotonic() - start
             rate = (state.step - first_step) / max(elapsed, 1e-9)
@@ -401,8 +407,8 @@ def _dry_run(
     start = time.monotonic()
     stats: dict[str, float] = {}
     for step in range(DRY_RUN_STEPS):
-        batch = sample_batch(data.train, local_batch, rng, spec.train.random_scale_factor, spec.train.augment_stroke_prob)
-        stats = _train_step(ddp_model, model, opt, batch, torch.randn(local_batch, spec.model.latent_size), step, spec.train, dist.device)
+        views = sample_views(data.train, local_batch, rng, spec.train)
+        stats = _train_step(ddp_model, model, opt, views, torch.randn(local_batch, spec.model.latent_size), step, spec.train, dist.device)
     wall = time.monotonic() - start
     return TrainResult(
         steps=0, wall_seconds=wall, steps_per_second=DRY_RUN_STEPS / wall, best_step=-1, metrics={"train": stats}
