@@ -14,8 +14,9 @@ radio), side by side in one run:
 
 Prints a markdown table of NMI and ARI against the true categories and the
 ratio of the model's NMI to the baseline's; beside them, NMI's spread over
-single-start k-means fits and a linear probe's accuracy (how much category the
-features carry at all). `--json PATH` also writes them, with each category's
+single-start k-means fits, a linear probe's accuracy (how much category the
+features carry at all) and how strongly the features' top principal components
+follow the drawings' point count. `--json PATH` also writes them, with each category's
 drawings per cluster.
 With `--train ROOT` the run first trains (`sketchserve train`, one process per
 w_KL, one after the other, bounded by --max-minutes each) and exports a model
@@ -57,6 +58,8 @@ SPREAD_SEEDS = range(10)
 # fit on a random half of the drawings (fixed seed) and scored on the other half. Not the goal metric.
 PROBE_SEED = 0
 PROBE_MAX_ITER = 3000
+# How much of the features' main variation is drawing length (point count): checked on the top 5 components.
+LENGTH_PCS = 5
 # Baseline: 28x28 rasters (the size of Quick, Draw!'s own bitmaps), PCA to 50 dimensions.
 RASTER_SIZE = 28
 PCA_DIMS = 50
@@ -79,6 +82,7 @@ class Score:
     nmi_min: float  # over single-start k-means fits (SPREAD_SEEDS): partitions of near-equal inertia
     nmi_max: float
     probe_accuracy: float
+    length_correlation: float  # the largest |Pearson r| of a top principal component with the point count
     clusters_by_category: dict[str, list[int]]  # the n_init fit: each category's drawings per cluster
 
 
@@ -106,7 +110,16 @@ def kmeans_labels(features: np.ndarray, random_state: int = RANDOM_STATE, n_init
     return KMeans(n_clusters=K, random_state=random_state, n_init=n_init).fit_predict(features)
 
 
-def score(method: str, features: np.ndarray, words: list[str], started: float) -> Score:
+def length_correlation(features: np.ndarray, points: np.ndarray) -> float:
+    """How much of the features' main variation is the drawing's length: the largest |r| between one of
+    the LENGTH_PCS top principal components and the point count (a nuisance the categories share)."""
+    count = min(LENGTH_PCS, features.shape[1])
+    components = PCA(n_components=count, random_state=RANDOM_STATE).fit_transform(features)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant component has no correlation: 0
+        return float(max(np.nan_to_num(abs(np.corrcoef(components[:, i], points)[0, 1])) for i in range(count)))
+
+
+def score(method: str, features: np.ndarray, words: list[str], started: float, points: np.ndarray) -> Score:
     features = features.astype(np.float64)
     labels = kmeans_labels(features)
     seconds = time.perf_counter() - started
@@ -120,6 +133,7 @@ def score(method: str, features: np.ndarray, words: list[str], started: float) -
         nmi_min=float(min(spread)),
         nmi_max=float(max(spread)),
         probe_accuracy=probe_accuracy(features, names),
+        length_correlation=length_correlation(features, points),
         clusters_by_category={c: np.bincount(labels[names == c], minlength=K).tolist() for c in CATEGORIES},
     )
 
@@ -155,7 +169,8 @@ def baseline_scores(sketches: list[np.ndarray], words: list[str]) -> list[Score]
         started = time.perf_counter()
         rasters = np.stack([raster(s, width).ravel() for s in sketches])
         reduced = PCA(n_components=PCA_DIMS, random_state=RANDOM_STATE).fit_transform(rasters)
-        scores.append(score(f"28x28 raster (line {width}px/256) + PCA {PCA_DIMS}", reduced, words, started))
+        points = np.array([len(s) for s in sketches])
+        scores.append(score(f"28x28 raster (line {width}px/256) + PCA {PCA_DIMS}", reduced, words, started, points))
     return scores
 
 
@@ -169,7 +184,8 @@ def model_score(model_dir: Path, sketches: list[np.ndarray], words: list[str]) -
     artifact = load_artifact(model_dir, torch.device("cpu"))
     codes = encode_stroke3(artifact, sketches, label="encode")
     latent = artifact.manifest["latent_size"]
-    return score(f"sketch-rnn mu ({latent}-d, {model_dir.name})", codes, words, started)
+    points = np.array([len(s) for s in sketches])
+    return score(f"sketch-rnn mu ({latent}-d, {model_dir.name})", codes, words, started, points)
 
 
 def ratio(model: Score, baselines: list[Score]) -> float:
@@ -197,7 +213,7 @@ def train_models(
 
 
 def _row(s: Score, note: str) -> str:
-    return f"| {s.method}{note} | {s.nmi:.3f} | {s.ari:.3f} | {s.nmi_min:.3f}-{s.nmi_max:.3f} | {s.probe_accuracy:.3f} | {s.seconds:.1f} |"
+    return f"| {s.method}{note} | {s.nmi:.3f} | {s.ari:.3f} | {s.nmi_min:.3f}-{s.nmi_max:.3f} | {s.probe_accuracy:.3f} | {s.length_correlation:.2f} | {s.seconds:.1f} |"
 
 
 def table(models: list[Score], baselines: list[Score], n: int) -> str:
@@ -205,8 +221,9 @@ def table(models: list[Score], baselines: list[Score], n: int) -> str:
     lines = [
         f"{n} drawings ({', '.join(CATEGORIES)}; splits {'+'.join(SPLITS)}), k-means k={K}, random_state={RANDOM_STATE}, n_init={N_INIT}",
         "",
-        f"| features | NMI | ARI | NMI, {len(SPREAD_SEEDS)} single k-means starts (min-max) | probe accuracy | seconds |",
-        "|---|---|---|---|---|---|",
+        f"| features | NMI | ARI | NMI, {len(SPREAD_SEEDS)} single k-means starts (min-max) | probe accuracy "
+        f"| top-{LENGTH_PCS} PC vs point count, max abs r | seconds |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [_row(m, "") for m in models]
     lines += [_row(s, " (best baseline)" if s is best else "") for s in baselines]
