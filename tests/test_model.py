@@ -136,15 +136,9 @@ def test_layer_norm_cell_with_recurrent_dropout_trains_and_is_deterministic_in_e
     assert torch.allclose(scripted.nll(z, x, lengths), model.decoder.nll(z, x, lengths), atol=1e-5)
 
 
-def test_position_input_is_the_canonical_frame_and_ignores_padding() -> None:
-    # Two strokes: (0,0) -> (10,-20) -> (30,-20), lift, -> (30,5): top-left is (0,-20), so x spans 0..30, y 0..25.
-    rows = torch.tensor([[10.0, -20.0, 1, 0, 0], [20.0, 0.0, 0, 1, 0], [0.0, 25.0, 1, 0, 0]])
-    x = torch.cat([rows, torch.full((2, 5), 99.0)]).unsqueeze(0)  # two padding rows of junk
-    pos = canonical_positions(x, torch.tensor([3]))
-    expected = torch.tensor([[10.0, 0.0], [30.0, 0.0], [30.0, 25.0]]) * (2.0 / CANONICAL_SIZE) - 1.0
-    assert torch.allclose(pos[0, :3], expected)
-    cfg = ModelConfig(**{**TINY.__dict__, "encoder_input": "offsets+positions"}).validate()
-    enc = Encoder(cfg)
+def assert_encoder_ignores_padding_and_scripts(cfg: ModelConfig) -> Encoder:
+    """Junk in padding rows, or no padding at all, gives the same mu; so does the scripted encoder."""
+    enc = Encoder(cfg.validate())
     enc.scale.fill_(20.0)
     batch, lengths = random_stroke5(3, 12), torch.tensor([12, 5, 8])
     mu, _ = enc(batch, lengths)
@@ -153,6 +147,17 @@ def test_position_input_is_the_canonical_frame_and_ignores_padding() -> None:
     assert torch.allclose(enc(junk, lengths)[0], mu, atol=1e-6)
     assert torch.allclose(enc(batch[1:2, :5], lengths[1:2])[0], mu[1:2], atol=1e-6)
     assert torch.allclose(script_module(enc)(batch, lengths)[0], mu, atol=1e-6)
+    return enc
+
+
+def test_position_input_is_the_canonical_frame_and_ignores_padding() -> None:
+    # Two strokes: (0,0) -> (10,-20) -> (30,-20), lift, -> (30,5): top-left is (0,-20), so x spans 0..30, y 0..25.
+    rows = torch.tensor([[10.0, -20.0, 1, 0, 0], [20.0, 0.0, 0, 1, 0], [0.0, 25.0, 1, 0, 0]])
+    x = torch.cat([rows, torch.full((2, 5), 99.0)]).unsqueeze(0)  # two padding rows of junk
+    pos = canonical_positions(x, torch.tensor([3]))
+    expected = torch.tensor([[10.0, 0.0], [30.0, 0.0], [30.0, 25.0]]) * (2.0 / CANONICAL_SIZE) - 1.0
+    assert torch.allclose(pos[0, :3], expected)
+    assert_encoder_ignores_padding_and_scripts(ModelConfig(**{**TINY.__dict__, "encoder_input": "offsets+positions"}))
     with pytest.raises(ConfigError, match="encoder_input must be one of"):
         ModelConfig(encoder_input="pixels").validate()
 
@@ -248,3 +253,10 @@ def test_contrastive_views_are_distinct_sketches_augmented_twice() -> None:
                                ("view_drop_prob", 1.0, "in \\[0, 1\\)")):
         with pytest.raises(ConfigError, match=f"{field} must be {rule}"):
             TrainConfig(**{field: value}).validate()
+
+
+def test_mean_pooled_encoder_ignores_padding_and_scripts() -> None:
+    enc = assert_encoder_ignores_padding_and_scripts(ModelConfig(**{**TINY.__dict__, "encoder_pool": "last+mean"}))
+    assert enc.mu.in_features == 4 * TINY.enc_hidden
+    with pytest.raises(ConfigError, match="encoder_pool must be one of"):
+        ModelConfig(encoder_pool="max").validate()

@@ -13,6 +13,7 @@ from typing import Any
 
 CELL_TYPES = ("lstm", "layer_norm")
 ENCODER_INPUTS = ("offsets", "offsets+positions")
+ENCODER_POOLS = ("last", "last+mean")
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,10 @@ class ModelConfig:
     # point's place in the canonical 0-255 frame (what a raster shows at once and an LSTM must otherwise
     # integrate); an option, measured in docs/benchmarks.md ("Clustering"), so the paper's form stays the default.
     encoder_input: str = "offsets"
+    # Paper: the encoder's code comes from its two LSTMs' last states ("last"). "last+mean" also gives the
+    # code head each direction's mean state over the sketch, a summary of the whole drawing that depends less
+    # on how it ends; an option measured in docs/benchmarks.md ("Clustering").
+    encoder_pool: str = "last"
     # Not in the paper: Bowman et al. 2016's word dropout for the decoder. In training, each teacher-forced
     # input point is zeroed with this probability, so the decoder must lean on z for the drawing's overall
     # shape; 0 (off) keeps the paper's model. An option measured in docs/benchmarks.md ("Clustering").
@@ -63,6 +68,8 @@ class ModelConfig:
         if self.cell not in CELL_TYPES:
             raise ConfigError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
         _require(self, ("prior_components",), lambda v: v >= 0, ">= 0")
+        if self.encoder_pool not in ENCODER_POOLS:
+            raise ConfigError(f"encoder_pool must be one of {', '.join(ENCODER_POOLS)}, got {self.encoder_pool!r}")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ConfigError(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
         _require(self, ("recurrent_dropout", "input_dropout"), lambda v: 0.0 <= v < 1.0, "in [0, 1)")

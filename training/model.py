@@ -231,10 +231,12 @@ class Encoder(nn.Module):
         super().__init__()
         self.with_positions = cfg.encoder_input == "offsets+positions"
         width = STROKE5 + (POSITION_FEATURES if self.with_positions else 0)
+        self.with_mean = cfg.encoder_pool == "last+mean"
         self.forward_lstm = nn.LSTM(width, cfg.enc_hidden, batch_first=True)
         self.backward_lstm = nn.LSTM(width, cfg.enc_hidden, batch_first=True)
-        self.mu = nn.Linear(2 * cfg.enc_hidden, cfg.latent_size)
-        self.presig = nn.Linear(2 * cfg.enc_hidden, cfg.latent_size)
+        features = (4 if self.with_mean else 2) * cfg.enc_hidden
+        self.mu = nn.Linear(features, cfg.latent_size)
+        self.presig = nn.Linear(features, cfg.latent_size)
         self.register_buffer("scale", torch.ones(()))
 
     @torch.jit.export
@@ -248,6 +250,11 @@ class Encoder(nn.Module):
         out_f, _ = self.forward_lstm(xn)
         out_b, _ = self.backward_lstm(reverse_within(xn, lengths))
         feat = torch.cat([at_step(out_f, last), at_step(out_b, last)], dim=-1)
+        if self.with_mean:
+            steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+            real = (steps < lengths.unsqueeze(1)).to(out_f.dtype).unsqueeze(-1)
+            count = lengths.to(out_f.dtype).clamp(min=1.0).unsqueeze(-1)
+            feat = torch.cat([feat, (out_f * real).sum(dim=1) / count, (out_b * real).sum(dim=1) / count], dim=-1)
         return Moments(mu=self.mu(feat), presig=self.presig(feat))
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
