@@ -16,7 +16,8 @@ Prints a markdown table of NMI and ARI against the true categories and the
 ratio of the model's NMI to the baseline's; beside them, NMI's spread over
 single-start k-means fits, a linear probe's accuracy (how much category the
 features carry at all) and how strongly the features' top principal components
-follow the drawings' point count. `--json PATH` also writes them, with each category's
+follow the drawings' point count, and the k-means fit's silhouette (which needs
+no labels: could it pick a checkpoint?). `--json PATH` also writes them, with each category's
 drawings per cluster.
 With `--train ROOT` the run first trains (`sketchserve train`, one process per
 w_KL, one after the other, bounded by --max-minutes each) and exports a model
@@ -41,7 +42,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "sketchrnn"
@@ -83,6 +84,7 @@ class Score:
     nmi_max: float
     probe_accuracy: float
     length_correlation: float  # the largest |Pearson r| of a top principal component with the point count
+    silhouette: float  # of the n_init k-means fit: an unsupervised score (no labels), to compare with NMI
     clusters_by_category: dict[str, list[int]]  # the n_init fit: each category's drawings per cluster
 
 
@@ -134,6 +136,7 @@ def score(method: str, features: np.ndarray, words: list[str], started: float, p
         nmi_max=float(max(spread)),
         probe_accuracy=probe_accuracy(features, names),
         length_correlation=length_correlation(features, points),
+        silhouette=float(silhouette_score(features, labels)),
         clusters_by_category={c: np.bincount(labels[names == c], minlength=K).tolist() for c in CATEGORIES},
     )
 
@@ -213,7 +216,7 @@ def train_models(
 
 
 def _row(s: Score, note: str) -> str:
-    return f"| {s.method}{note} | {s.nmi:.3f} | {s.ari:.3f} | {s.nmi_min:.3f}-{s.nmi_max:.3f} | {s.probe_accuracy:.3f} | {s.length_correlation:.2f} | {s.seconds:.1f} |"
+    return f"| {s.method}{note} | {s.nmi:.3f} | {s.ari:.3f} | {s.nmi_min:.3f}-{s.nmi_max:.3f} | {s.probe_accuracy:.3f} | {s.length_correlation:.2f} | {s.silhouette:.3f} | {s.seconds:.1f} |"
 
 
 def table(models: list[Score], baselines: list[Score], n: int) -> str:
@@ -222,8 +225,8 @@ def table(models: list[Score], baselines: list[Score], n: int) -> str:
         f"{n} drawings ({', '.join(CATEGORIES)}; splits {'+'.join(SPLITS)}), k-means k={K}, random_state={RANDOM_STATE}, n_init={N_INIT}",
         "",
         f"| features | NMI | ARI | NMI, {len(SPREAD_SEEDS)} single k-means starts (min-max) | probe accuracy "
-        f"| top-{LENGTH_PCS} PC vs point count, max abs r | seconds |",
-        "|---|---|---|---|---|---|---|",
+        f"| top-{LENGTH_PCS} PC vs point count, max abs r | silhouette | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(m, "") for m in models]
     lines += [_row(s, " (best baseline)" if s is best else "") for s in baselines]

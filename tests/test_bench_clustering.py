@@ -34,7 +34,7 @@ def test_clustering_benchmark_scores_model_and_baselines(tiny_model: Path, data_
     for row in [*scores["models"], *scores["baselines"]]:
         assert 0.0 <= row["nmi"] <= 1.0 and -1.0 <= row["ari"] <= 1.0, row
         assert 0.0 <= row["nmi_min"] <= row["nmi_max"] <= 1.0 and 0.0 <= row["probe_accuracy"] <= 1.0, row
-        assert 0.0 <= row["length_correlation"] <= 1.0, row
+        assert 0.0 <= row["length_correlation"] <= 1.0 and -1.0 <= row["silhouette"] <= 1.0, row
         assert sum(map(sum, row["clusters_by_category"].values())) == 1800, row
     best = max(b["nmi"] for b in scores["baselines"])
     assert best > 0.1  # the raster baseline finds real structure in real drawings
