@@ -92,6 +92,7 @@ class Score:
 class EvalSet:
     sketches: list[np.ndarray]
     words: list[str]
+    points: np.ndarray  # each sketch's point count (rows of its stroke-3)
 
 
 def load_eval_set(data_dir: Path) -> EvalSet:
@@ -105,7 +106,7 @@ def load_eval_set(data_dir: Path) -> EvalSet:
         for record in iter_drawings(paths, split=split):
             sketches.append(record.stroke3)
             words.append(record.word)
-    return EvalSet(sketches=sketches, words=words)
+    return EvalSet(sketches=sketches, words=words, points=np.array([len(s) for s in sketches]))
 
 
 def kmeans_labels(features: np.ndarray, random_state: int = RANDOM_STATE, n_init: int = N_INIT) -> np.ndarray:
@@ -166,18 +167,17 @@ def raster(s3: np.ndarray, line_width: int) -> np.ndarray:
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def baseline_scores(sketches: list[np.ndarray], words: list[str]) -> list[Score]:
+def baseline_scores(sketches: list[np.ndarray], words: list[str], points: np.ndarray) -> list[Score]:
     scores = []
     for width in LINE_WIDTHS:
         started = time.perf_counter()
         rasters = np.stack([raster(s, width).ravel() for s in sketches])
         reduced = PCA(n_components=PCA_DIMS, random_state=RANDOM_STATE).fit_transform(rasters)
-        points = np.array([len(s) for s in sketches])
         scores.append(score(f"28x28 raster (line {width}px/256) + PCA {PCA_DIMS}", reduced, words, started, points))
     return scores
 
 
-def model_score(model_dir: Path, sketches: list[np.ndarray], words: list[str]) -> Score:
+def model_score(model_dir: Path, sketches: list[np.ndarray], words: list[str], points: np.ndarray) -> Score:
     import torch
 
     from sketchserve.artifact import load_artifact
@@ -187,7 +187,6 @@ def model_score(model_dir: Path, sketches: list[np.ndarray], words: list[str]) -
     artifact = load_artifact(model_dir, torch.device("cpu"))
     codes = encode_stroke3(artifact, sketches, label="encode")
     latent = artifact.manifest["latent_size"]
-    points = np.array([len(s) for s in sketches])
     return score(f"sketch-rnn mu ({latent}-d, {model_dir.name})", codes, words, started, points)
 
 
@@ -264,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         args.train, args.data_dir, args.kl_weights, args.max_minutes, args.threads, shlex.split(args.train_args)
     )
     data = load_eval_set(args.data_dir)
-    models = [model_score(m, data.sketches, data.words) for m in model_dirs]
-    baselines = baseline_scores(data.sketches, data.words)
+    models = [model_score(m, data.sketches, data.words, data.points) for m in model_dirs]
+    baselines = baseline_scores(data.sketches, data.words, data.points)
     sys.stdout.write(table(models, baselines, len(data.sketches)))
     if args.json is not None:
         summary = {

@@ -44,7 +44,7 @@ COMMON=(--device "$DEVICE" --threads 1 --max-steps 100000 --max-minutes "$TRAIN_
     nproc
 } > "$OUT/summary.txt" 2>&1
 
-# name | data | flags (the clustering benchmark's models train on the four categories)
+# train NAME FLAGS...: one run (the clustering benchmark's models train on the four categories).
 train() {
     local name=$1; shift
     sketchserve train --out "$RUNS/$name" "${COMMON[@]}" "$@" > "$LOGS/$name.train.log" 2>&1

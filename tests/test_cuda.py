@@ -17,6 +17,7 @@ from conftest import REPO_ROOT, shared_data_path
 from server_fixtures import CALL_TIMEOUT_S, random_sketches, running_server, server_config
 from sketchserve import data, strokes
 from sketchserve.artifact import load_artifact, read_manifest
+from sketchserve.client.convert import sketch_from_pb
 from sketchserve.pb.sketch.v1 import sketch_pb2
 from sketchserve.server.engine import collate_stroke3
 from sketchserve.server.model import load_model
@@ -48,13 +49,9 @@ def _drawings(count: int) -> list[np.ndarray]:
     if path.exists():
         drawings = [r.stroke3 for r in data.iter_drawings([path], canonical=True)]
     else:
-        drawings = [strokes.preprocess(_strokes_of(s)) for s in random_sketches(0, count)]
+        drawings = [strokes.preprocess(list(sketch_from_pb(s).strokes)) for s in random_sketches(0, count)]
     limit = int(read_manifest(BUNDLED)["max_seq_len"])
     return [d for d in drawings if len(d) <= limit][:count]
-
-
-def _strokes_of(sketch: sketch_pb2.Sketch) -> list[np.ndarray]:
-    return [np.stack([np.asarray(s.x), np.asarray(s.y)], axis=1) for s in sketch.strokes]
 
 
 def test_cuda_codes_match_the_cpu_and_tf32_is_off() -> None:

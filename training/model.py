@@ -118,14 +118,18 @@ def normalize(x: Tensor, scale: Tensor) -> Tensor:
     return torch.cat([x[..., 0:2] / scale, x[..., 2:]], dim=-1)
 
 
+def real_rows(lengths: Tensor, steps: int) -> Tensor:
+    """``[B, steps]`` bool: True on each sketch's first ``lengths[b]`` rows (its real points), False on padding."""
+    return torch.arange(steps, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
 def targets(x: Tensor, lengths: Tensor, pen_end: int = PEN_END) -> Targets:
     """Normalized stroke-5 ``x [B,T,5]`` -> per-step targets over ``T + 1`` steps (the last is the end).
 
     Rows at or after ``lengths`` are treated as the end state whatever they hold.
     """
     b, t = x.shape[0], x.shape[1]
-    steps = torch.arange(t + 1, device=x.device).unsqueeze(0)
-    real = steps < lengths.unsqueeze(1)
+    real = real_rows(lengths, t + 1)
     dx = F.pad(x[..., 0], (0, 1)) * real
     dy = F.pad(x[..., 1], (0, 1)) * real
     pen_real = F.pad(torch.argmax(x[..., 2:], dim=-1), (0, 1))
@@ -211,8 +215,7 @@ def canonical_positions(x: Tensor, lengths: Tensor, span: float = CANONICAL_SIZE
     is the canonical frame (longer side 0..255). Padding rows never reach the minimum.
     """
     pos = torch.cumsum(x[..., 0:2], dim=1)
-    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-    real = (steps < lengths.unsqueeze(1)).unsqueeze(-1)
+    real = real_rows(lengths, x.shape[1]).unsqueeze(-1)
     lowest = torch.where(real, pos, torch.full_like(pos, math.inf)).amin(dim=1, keepdim=True).clamp(max=0.0)
     return (pos - lowest) * (2.0 / span) - 1.0
 
@@ -251,8 +254,7 @@ class Encoder(nn.Module):
         out_b, _ = self.backward_lstm(reverse_within(xn, lengths))
         feat = torch.cat([at_step(out_f, last), at_step(out_b, last)], dim=-1)
         if self.with_mean:
-            steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-            real = (steps < lengths.unsqueeze(1)).to(out_f.dtype).unsqueeze(-1)
+            real = real_rows(lengths, x.shape[1]).to(out_f.dtype).unsqueeze(-1)
             count = lengths.to(out_f.dtype).clamp(min=1.0).unsqueeze(-1)
             feat = torch.cat([feat, (out_f * real).sum(dim=1) / count, (out_b * real).sum(dim=1) / count], dim=-1)
         return Moments(mu=self.mu(feat), presig=self.presig(feat))
@@ -314,9 +316,9 @@ class Decoder(nn.Module):
     def nll(self, z: Tensor, x: Tensor, lengths: Tensor) -> Tensor:
         """Per-sketch mean NLL per step: offsets on real points, pen on real points and the end step."""
         losses = self.teacher_losses(z, x, lengths)
-        steps = torch.arange(losses.offset.shape[1], device=x.device).unsqueeze(0)
-        real = (steps < lengths.unsqueeze(1)).to(losses.offset.dtype)
-        counted = (steps <= lengths.unsqueeze(1)).to(losses.offset.dtype)
+        steps = losses.offset.shape[1]
+        real = real_rows(lengths, steps).to(losses.offset.dtype)
+        counted = real_rows(lengths + 1, steps).to(losses.offset.dtype)
         total = (losses.offset * real).sum(1) + (losses.pen * counted).sum(1)
         return total / (lengths.to(total.dtype) + 1.0)
 
@@ -432,11 +434,11 @@ class SketchRNN(nn.Module):
         mu, presig = self.encoder.moments(x, lengths)
         z = mu + torch.exp(presig / 2.0) * eps
         losses = self.decoder.teacher_losses(z, x, lengths)
-        steps = torch.arange(losses.offset.shape[1], device=x.device).unsqueeze(0)
-        real = (steps < lengths.unsqueeze(1)).to(losses.offset.dtype)
+        steps = losses.offset.shape[1]
+        real = real_rows(lengths, steps).to(losses.offset.dtype)
         denom = float(x.shape[0] * self.cfg.max_seq_len)
         offset = (losses.offset * real).sum() / denom
-        pen_mask = real if not self.training else (steps <= lengths.unsqueeze(1)).to(real.dtype)
+        pen_mask = real if not self.training else real_rows(lengths + 1, steps).to(real.dtype)
         pen = (losses.pen * pen_mask).sum() / denom
         if self.prior is None:
             kl = -0.5 * torch.mean(1.0 + presig - mu * mu - torch.exp(presig))
