@@ -43,6 +43,7 @@ class _SampleJob:
     z: np.ndarray
     seed: int
     max_points: int
+    target: int  # points to draw for a length-conditioned decoder; 0: its typical length
 
 
 @dataclass(frozen=True)
@@ -108,17 +109,27 @@ class SketchEngine:
         return await self.encoder.submit([BatchItem(s3, cost=len(s3)) for s3 in strokes3], timeout=remaining)
 
     async def sample(
-        self, latents: np.ndarray, *, temperature: float, max_points: int, seed: int, timeout: float | None = None
+        self,
+        latents: np.ndarray,
+        *,
+        temperature: float,
+        max_points: int,
+        seed: int,
+        targets: Sequence[int] | None = None,
+        timeout: float | None = None,
     ) -> list[np.ndarray]:
         """Decode each latent ``[n, Nz]`` into a stroke-3 of at most ``max_points`` rows.
 
         Sketch ``i`` draws its noise from ``sketch_seed(seed, i)``: the output depends on
-        the seed, the latent, the temperature and ``max_points``, never on other requests.
+        the seed, the latent, the temperature, ``max_points`` and its target, never on other
+        requests. ``targets[i]``: the point count a length-conditioned decoder draws
+        (Reconstruct passes the input sketch's); ``None`` or 0: the decoder's typical length.
         """
         group = (SAMPLE, float(temperature))
+        goals = [0] * len(latents) if targets is None else [int(t) for t in targets]
         items = [
-            BatchItem(_SampleJob(np.asarray(z, dtype=np.float32), sketch_seed(seed, i), max_points), max_points, group)
-            for i, z in enumerate(latents)
+            BatchItem(_SampleJob(np.asarray(z, dtype=np.float32), sketch_seed(seed, i), max_points, goal), max_points, group)
+            for i, (z, goal) in enumerate(zip(latents, goals))
         ]
         return await self.decoder.submit(items, timeout=timeout)
 
@@ -157,7 +168,8 @@ class SketchEngine:
         for i, job in enumerate(jobs):
             noise[i, : job.max_points] = sketch_noise(job.seed, job.max_points)
         z = torch.from_numpy(np.stack([j.z for j in jobs]))
-        samples = self.model.sample(z, noise, temperature)
+        targets = torch.tensor([j.target for j in jobs], dtype=torch.int64)
+        samples = self.model.sample(z, noise, temperature, targets)
         strokes5 = samples.strokes5.numpy()
         lengths = samples.lengths.tolist()
         return [

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from sketchserve.artifact import NOISE_CHANNELS, load_artifact, sketch_noise, sketch_seed
+from sketchserve.artifact import NOISE_CHANNELS, load_artifact, sample_decoder, sketch_noise, sketch_seed
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,14 @@ class SketchModel:
             mu, sigma = self.encoder(self._in(x), self._in(lengths))
             return Posterior(mu.float().cpu(), sigma.float().cpu())
 
-    def sample(self, z: Tensor, noise: Tensor, temperature: float) -> Samples:
-        """Latents ``[B,Nz]`` and noise ``[B,L,4]`` -> stroke-5 ``[B,L,5]`` and lengths ``[B]``."""
+    def sample(self, z: Tensor, noise: Tensor, temperature: float, targets: Tensor | None = None) -> Samples:
+        """Latents ``[B,Nz]`` and noise ``[B,L,4]`` -> stroke-5 ``[B,L,5]`` and lengths ``[B]``.
+
+        ``targets [B]``: point counts for a length-conditioned decoder (``artifact.sample_decoder``)."""
         with torch.inference_mode():
-            strokes5, lengths = self.decoder.sample(self._in(z), self._in(noise), float(temperature))
+            strokes5, lengths = sample_decoder(
+                self.decoder, self.manifest, self._in(z), self._in(noise), temperature, targets
+            )
             return Samples(strokes5.float().cpu(), lengths.cpu())
 
     def nll(self, z: Tensor, x: Tensor, lengths: Tensor) -> Tensor:

@@ -199,13 +199,15 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
             raise InvalidRequest("latents", "give either sketches or latents, not both")
         temperature = check_temperature(request.temperature)
         max_points = resolve_max_points(request.max_points, spec.max_seq_len)
+        targets = None
         if request.latents:
             latents = latents_to_array(request.latents, spec.latent_size, state.max_sketches_per_request)
         else:
             encoded = await self._encoded(state, request.sketches, context)
             latents = np.stack([e.mu for e in encoded])
+            targets = [len(e.stroke3) for e in encoded]
         drawings = await state.engine.sample(
-            latents, temperature=temperature, max_points=max_points, seed=request.seed,
+            latents, temperature=temperature, max_points=max_points, seed=request.seed, targets=targets,
             timeout=context.time_remaining(),
         )
         return sketch_pb2.ReconstructResponse(

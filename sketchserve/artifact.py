@@ -23,6 +23,8 @@ REQUIRED_KEYS = ("format_version", "name", "version", "latent_size", "max_seq_le
 HASH_CHUNK = 1 << 20
 # Decoder.sample's noise holds 4 draws a step: component (uniform), 2 standard normals, pen (uniform).
 NOISE_CHANNELS = 4
+# hparams.decoder_condition of a decoder whose sample() takes the point count to draw.
+LENGTH_CONDITION = "latent+length"
 UNSIGNED_SUFFIXES = (".tmp", ".md")
 
 
@@ -48,6 +50,31 @@ def sketch_noise(seed: int, steps: int) -> Any:
     uniform = torch.rand(steps, 2, generator=gen)
     normal = torch.randn(steps, 2, generator=gen)
     return torch.cat([uniform[:, :1], normal, uniform[:, 1:]], dim=1)
+
+
+def length_conditioned(manifest: dict[str, Any]) -> bool:
+    """Whether the artifact's decoder is told the point count to draw (``decoder_condition`` 'latent+length')."""
+    return manifest.get("hparams", {}).get("decoder_condition") == LENGTH_CONDITION
+
+
+def sample_decoder(decoder: Any, manifest: dict[str, Any], z: Any, noise: Any, temperature: float, targets: Any = None) -> Any:
+    """``decoder.sample`` for any artifact: ``(strokes5, lengths)``.
+
+    ``targets [B]`` int64: the point count each sketch should have, used by a
+    length-conditioned decoder and ignored by the others; entries <= 0, or
+    ``targets=None``, ask for the decoder's ``typical_length`` (its training median).
+    """
+    import torch
+
+    if not length_conditioned(manifest):
+        return decoder.sample(z, noise, float(temperature))
+    typical = int(decoder.typical_length)
+    if targets is None:
+        goal = torch.full((z.shape[0],), typical, dtype=torch.long)
+    else:
+        goal = torch.as_tensor(targets, dtype=torch.long)
+        goal = torch.where(goal > 0, goal, torch.full_like(goal, typical))
+    return decoder.sample(z, noise, float(temperature), goal.to(z.device))
 
 
 class ArtifactError(RuntimeError):

@@ -13,8 +13,8 @@ from sketchserve.training.export import script_module
 from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
 from sketchserve.strokes import CANONICAL_SIZE
 from sketchserve.training.model import (
-    Decoder, Encoder, MixturePrior, SketchRNN, at_step, canonical_positions, contrastive_loss, normalize, reverse_within,
-    split_params, step_losses,
+    REMAINING_SCALE, Decoder, Encoder, MixturePrior, SketchRNN, at_step, canonical_positions, contrastive_loss, normalize,
+    remaining_inputs, reverse_within, split_params, step_losses, teacher_remaining,
 )
 from sketchserve.training.dataset import Batch, sample_views
 from sketchserve.training.train import kl_weight_at, lr_at
@@ -260,3 +260,34 @@ def test_mean_pooled_encoder_ignores_padding_and_scripts() -> None:
     assert enc.mu.in_features == 4 * TINY.enc_hidden
     with pytest.raises(ConfigError, match="encoder_pool must be one of"):
         ModelConfig(encoder_pool="max").validate()
+
+
+def test_length_inputs_count_the_points_left_down_to_the_end_step() -> None:
+    inputs = remaining_inputs(teacher_remaining(torch.tensor([3, 1]), 5))
+    left = torch.tensor([[3, 2, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float32)
+    assert torch.equal(inputs[..., 0], left / REMAINING_SCALE)
+    assert torch.equal(inputs[..., 1], (left == 0).to(torch.float32))
+
+
+def test_length_conditioned_decoder_ignores_padding_scripts_and_draws_its_target() -> None:
+    cfg = ModelConfig(**{**TINY.__dict__, "decoder_condition": "latent+length"}).validate()
+    model = SketchRNN(cfg).eval()
+    model.set_scale(20.0)
+    model.set_typical_length(7.4)
+    assert model.decoder.rnn.lstm.input_size == 5 + 2 + cfg.latent_size
+    x, lengths = random_stroke5(2, 12), torch.tensor([12, 5])
+    noisy = x.clone()
+    noisy[1, 5:] = torch.randn(7, 5)
+    z = torch.randn(2, cfg.latent_size)
+    assert torch.allclose(model.decoder.nll(z, x, lengths), model.decoder.nll(z, noisy, lengths), atol=1e-6)
+    dec = script_module(model.decoder)
+    assert int(dec.typical_length) == 7
+    assert torch.allclose(dec.nll(z, x, lengths), model.decoder.nll(z, x, lengths), atol=1e-6)
+    noise = torch.rand(2, 30, 4)
+    default = dec.sample(z, noise, 0.7)
+    for got, want in zip(default, dec.sample(z, noise, 0.7, torch.tensor([7, 7]))):
+        assert torch.equal(got, want)
+    other = dec.sample(z, noise, 0.7, torch.tensor([20, 3]))
+    assert not torch.equal(other[0], default[0])
+    with pytest.raises(ConfigError, match="decoder_condition must be one of"):
+        ModelConfig(decoder_condition="length").validate()

@@ -22,6 +22,8 @@ from server_fixtures import (  # noqa: F401 - fixtures used by name
     clustered_server,
     random_sketch,
     random_sketches,
+    running_server,
+    server_config,
     shared_server,
     tiny_model,
 )
@@ -260,3 +262,37 @@ def test_metrics_endpoint_exposes_requests_batches_and_model(shared_server: Runn
     assert 'sketchserve_batch_size_count{batcher="encode"}' in text
     assert 'sketchserve_queue_depth{batcher="decode"}' in text
     assert "sketchserve_model_info{" in text
+
+
+def test_a_length_conditioned_model_redraws_each_sketch_at_its_own_point_count(tmp_path: Path) -> None:
+    """Reconstruct passes each input's preprocessed point count to the decoder, and the
+    decoder's typical length for latents: the server's drawings equal in-process ones."""
+    import torch
+
+    from sketchserve.artifact import load_artifact, sample_decoder, sketch_noise, sketch_seed
+    from sketchserve.client.convert import sketch_from_pb
+    from sketchserve.server.service import stroke3_to_proto
+    from sketchserve.strokes import preprocess, stroke5_to_stroke3
+    from sketchserve.training.export import make_random_artifact
+
+    model_dir = make_random_artifact(tmp_path / "length-model", decoder_condition="latent+length")
+    art = load_artifact(model_dir)
+    sketches = random_sketches(21, 3)
+    max_points, seed = 24, 9
+    with running_server(server_config(model_dir)) as server:
+        latents = [sketch_pb2.Embedding(mu=e.mu) for e in encode(server, sketches).embeddings]
+        from_sketches = reconstruct(server, sketches=sketches, temperature=0.6, seed=seed, max_points=max_points)
+        from_latents = reconstruct(server, latents=latents, temperature=0.6, seed=seed, max_points=max_points)
+    z = torch.tensor(np.array([list(e.mu) for e in latents]), dtype=torch.float32)
+    noise = torch.stack([sketch_noise(sketch_seed(seed, i), max_points) for i in range(len(sketches))])
+
+    def expected(targets: torch.Tensor | None) -> sketch_pb2.ReconstructResponse:
+        with torch.inference_mode():
+            s5, lengths = sample_decoder(art.decoder, art.manifest, z, noise, 0.6, targets)
+        drawn = [stroke5_to_stroke3(s5[i, : int(n)].numpy()) for i, n in enumerate(lengths.tolist())]
+        return sketch_pb2.ReconstructResponse(sketches=[stroke3_to_proto(d) for d in drawn])
+
+    counts = torch.tensor([len(preprocess(sketch_from_pb(s).strokes)) for s in sketches])
+    assert_same_drawings(from_sketches, expected(counts))
+    assert_same_drawings(from_latents, expected(None))
+    assert [flat_points(s).tolist() for s in from_sketches.sketches] != [flat_points(s).tolist() for s in from_latents.sketches]

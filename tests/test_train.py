@@ -165,3 +165,33 @@ def test_export_records_which_checkpoint_it_took(trained: Path, tmp_path: Path) 
         training = json.loads((out / "manifest.json").read_text())["training"]
         assert training["selected_by"] == expected
     assert training["steps"] == load_checkpoint(trained / CHECKPOINT)["step"]
+
+
+def test_init_from_adds_a_mixture_prior_started_by_kmeans_on_the_training_codes(
+    trained: Path, faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from sketchserve.training.dataset import load_dataset
+    from sketchserve.training.encode import encode_stroke3
+    from sketchserve.training.kmeans import fit_kmeans
+    from sketchserve.training.train import PRIOR_INIT_RESTARTS
+
+    base = tmp_path / "base"
+    assert export_main([str(trained), "--out", str(base), "--checkpoint", "last"]) == 0
+    run = tmp_path / "vade"
+    common = ["--data", str(faces), "--out", str(run), "--init-from", str(base), "--prior-components", "3"]
+    train([*common, "--max-steps", "1", "--eval-every", "1", "--learning-rate", "1e-12", "--min-lr", "0", "--seed", "3"])
+    ckpt = load_checkpoint(run / CHECKPOINT)
+    assert ckpt["model_config"]["prior_components"] == 3 and ckpt["model_config"]["dec_hidden"] == 32
+    train_split = load_dataset([faces], None, 128).train
+    codes = encode_stroke3(load_artifact(base), train_split, progress=False)
+    fit = fit_kmeans(codes, 3, random_state=3, n_init=PRIOR_INIT_RESTARTS)
+    means = ckpt["model"]["prior.means"].numpy()
+    order = [int(np.argmin(((fit.centroids - m) ** 2).sum(1))) for m in means]
+    assert sorted(order) == [0, 1, 2]
+    np.testing.assert_allclose(means, fit.centroids[order], atol=1e-4)
+    np.testing.assert_allclose(torch.softmax(ckpt["model"]["prior.logits"], 0).numpy(), np.array(fit.sizes)[order] / len(codes), atol=1e-4)
+    assert train_main([*TINY_FLAGS, *common, "--fine-tune", "--from-cluster", f"{base}:0"]) == 2
+    assert "not both" in capsys.readouterr().err
+    one_error_line(capsys, train_main([*TINY_FLAGS, *common, "--latent-size", "4"]), str(base), "do not fit this model")

@@ -64,6 +64,11 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--from-cluster", metavar="MODEL_DIR:K", default=None, help="only the drawings MODEL_DIR puts in its cluster K")
     parser.add_argument("--fine-tune", action="store_true", help="with --from-cluster: start from MODEL_DIR's weights")
+    parser.add_argument(
+        "--init-from", type=Path, default=None, metavar="MODEL_DIR",
+        help="start from this artifact's weights and config (flags override); with --prior-components K on a "
+        "model that has no prior, the prior starts from k-means on the training codes (VaDE)",
+    )
     _add_config_flags(parser, ModelConfig, "model")
     _add_config_flags(parser, TrainConfig, "training")
     return parser
@@ -105,8 +110,10 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ConfigError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    if args.init_from is not None and args.fine_tune:
+        raise ConfigError("give --fine-tune (start from the --from-cluster model) or --init-from MODEL_DIR, not both")
     record_filter, description = record_filter_from_args(args)
-    init_from = fine_tune_source(args.from_cluster, args.fine_tune)
+    init_from = args.init_from or fine_tune_source(args.from_cluster, args.fine_tune)
     spec = RunSpec(
         out_dir=args.out,
         data=tuple(args.data),

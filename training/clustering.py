@@ -24,6 +24,7 @@ import numpy as np
 
 from sketchserve.training.kmeans import (
     ClusterError,
+    KMeansFit,
     KSelection,
     choose_k,
     fit_kmeans,
@@ -180,6 +181,12 @@ def read_clusters(model_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def member_lengths(sketches: list[np.ndarray], fit: KMeansFit) -> list[int]:
+    """Each cluster's median point count: how long its prototype is drawn by a length-conditioned decoder."""
+    lengths = np.array([len(s) for s in sketches])
+    return [int(np.median(lengths[fit.labels == c])) for c in range(fit.k)]
+
+
 def format_report(selection: KSelection, document: dict[str, Any]) -> str:
     """What `cluster` prints: the k table (when searched), the choice, sizes and metrics."""
     lines: list[str] = []
@@ -240,7 +247,7 @@ def run_cluster(args: argparse.Namespace) -> str:
     artifact = load_artifact(args.model_dir, torch.device("cpu"))
     data = load_labelled_codes(artifact, args.data, split=args.split, progress=not args.no_progress)
     selection = fit_clusters(data.codes, options)
-    prototypes = decode_greedy(artifact, selection.fit.centroids)
+    prototypes = decode_greedy(artifact, selection.fit.centroids, member_lengths(data.sketches, selection.fit))
     document = cluster_document(data, selection, prototypes, options, split=args.split)
     write_clusters(args.model_dir, document)
     return format_report(selection, document) + f"wrote {args.model_dir / CLUSTERS_FILE}\n"

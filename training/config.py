@@ -14,6 +14,7 @@ from typing import Any
 CELL_TYPES = ("lstm", "layer_norm")
 ENCODER_INPUTS = ("offsets", "offsets+positions")
 ENCODER_POOLS = ("last", "last+mean")
+DECODER_CONDITIONS = ("latent", "latent+length")
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,11 @@ class ModelConfig:
     # (a VaDE-style prior; its KL term is estimated from the same z sample), so codes gather around
     # K centres that k-means can find. An option measured in docs/benchmarks.md ("Clustering").
     prior_components: int = 0
+    # Paper: the decoder is conditioned on z alone ("latent"). "latent+length" also tells it, at every step,
+    # how many points remain (known whenever a drawing is reconstructed; chosen, or the training median,
+    # when one is sampled), so z need not spend its main directions on drawing length, which dominated the
+    # codes' geometry. An option measured in docs/benchmarks.md ("Clustering").
+    decoder_condition: str = "latent"
 
     def validate(self) -> ModelConfig:
         _require(self, ("enc_hidden", "dec_hidden", "latent_size", "num_mixtures", "max_seq_len"), lambda v: v >= 1, ">= 1")
@@ -72,6 +78,8 @@ class ModelConfig:
             raise ConfigError(f"encoder_pool must be one of {', '.join(ENCODER_POOLS)}, got {self.encoder_pool!r}")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ConfigError(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
+        if self.decoder_condition not in DECODER_CONDITIONS:
+            raise ConfigError(f"decoder_condition must be one of {', '.join(DECODER_CONDITIONS)}, got {self.decoder_condition!r}")
         _require(self, ("recurrent_dropout", "input_dropout"), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
         if self.recurrent_dropout > 0.0 and self.cell != "layer_norm":
             raise ConfigError("recurrent_dropout > 0 needs cell 'layer_norm' (the fused LSTM has no recurrent dropout)")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from sketchserve.progress import Progress
-from sketchserve.artifact import NOISE_CHANNELS
+from sketchserve.artifact import NOISE_CHANNELS, sample_decoder
 from sketchserve.strokes import pad_stroke5, stroke5_to_stroke3
 
 # 256 sketches a batch: one encoder call's padding and memory stay small on a CPU.
@@ -53,13 +53,16 @@ def encode_stroke3(
     return codes
 
 
-def decode_greedy(artifact: Any, codes: np.ndarray) -> list[np.ndarray]:
-    """Each latent code decoded at temperature 0 into a stroke-3 drawing (canonical units)."""
+def decode_greedy(artifact: Any, codes: np.ndarray, targets: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Each latent code decoded at temperature 0 into a stroke-3 drawing (canonical units).
+
+    ``targets``: point counts for a length-conditioned decoder (``sample_decoder``)."""
     steps = int(artifact.manifest["max_seq_len"])
     device = _device(artifact)
     z = torch.from_numpy(np.asarray(codes, dtype=np.float32)).to(device)
     noise = torch.zeros((z.shape[0], steps, NOISE_CHANNELS), dtype=torch.float32, device=device)
     with torch.inference_mode():
-        strokes5, lengths = artifact.decoder.sample(z, noise, GREEDY_TEMPERATURE)
+        goal = None if targets is None else torch.as_tensor(np.asarray(targets, dtype=np.int64))
+        strokes5, lengths = sample_decoder(artifact.decoder, artifact.manifest, z, noise, GREEDY_TEMPERATURE, goal)
     s5 = strokes5.cpu().numpy()
     return [stroke5_to_stroke3(s5[i, : int(n)]) for i, n in enumerate(lengths.cpu().tolist())]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +87,11 @@ def export_artifact(
     return out
 
 
-def make_random_artifact(out_dir: Path | str, *, seed: int = 0, tiny: bool = True) -> Path:
-    """A randomly initialised artifact (tiny by default) with a complete manifest, for tests."""
-    cfg = TINY_CONFIG if tiny else ModelConfig()
+def make_random_artifact(out_dir: Path | str, *, seed: int = 0, tiny: bool = True, **model_options: Any) -> Path:
+    """A randomly initialised artifact (tiny by default) with a complete manifest, for tests.
+
+    ``model_options``: ModelConfig fields to change (``decoder_condition="latent+length"``)."""
+    cfg = replace(TINY_CONFIG if tiny else ModelConfig(), **model_options).validate()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = SketchRNN(cfg)

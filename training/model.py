@@ -16,7 +16,7 @@ teach the decoder to stay ended, which sampling never asks of it).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, List, NamedTuple, Tuple
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 
 STROKE5 = 5
 POSITION_FEATURES = 2  # x, y of each point in the canonical frame (encoder_input 'offsets+positions')
+# Decoder inputs with decoder_condition 'latent+length': the points still to draw over REMAINING_SCALE,
+# and 1 once none remain (so the end is a step the decoder is told of, not one it must count to).
+LENGTH_FEATURES = 2
+# A typical drawing's point count: keeps the remaining-points input within about [0, 2.5].
+REMAINING_SCALE = 100.0
 PEN_STATES = 3
 PEN_END = 2
 # Each mixture component has pi, mu_x, mu_y, log sigma_x, log sigma_y, rho.
@@ -121,6 +126,17 @@ def normalize(x: Tensor, scale: Tensor) -> Tensor:
 def real_rows(lengths: Tensor, steps: int) -> Tensor:
     """``[B, steps]`` bool: True on each sketch's first ``lengths[b]`` rows (its real points), False on padding."""
     return torch.arange(steps, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def remaining_inputs(remaining: Tensor, scale: float = REMAINING_SCALE) -> Tensor:
+    """Points still to draw ``[...]`` (negative counts as 0) -> the decoder's length inputs ``[..., 2]``."""
+    left = remaining.clamp(min=0).to(torch.float32)
+    return torch.stack([left / scale, (left == 0.0).to(torch.float32)], dim=-1)
+
+
+def teacher_remaining(lengths: Tensor, steps: int) -> Tensor:
+    """``[B, steps]``: points still to draw at each teacher-forced step (``lengths - t``; 0 at the end step)."""
+    return lengths.unsqueeze(1) - torch.arange(steps, device=lengths.device).unsqueeze(0)
 
 
 def targets(x: Tensor, lengths: Tensor, pen_end: int = PEN_END) -> Targets:
@@ -265,9 +281,14 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Autoregressive LSTM decoder conditioned on ``z``; initial ``(h, c) = tanh(W z + b)``."""
+    """Autoregressive LSTM decoder conditioned on ``z``; initial ``(h, c) = tanh(W z + b)``.
 
-    __constants__ = ["num_mixtures", "dec_hidden", "pen_states", "pen_end", "input_dropout"]
+    With ``decoder_condition`` 'latent+length' each step's input also says how many points
+    remain (``remaining_inputs``): in training the drawing's own count, in sampling the
+    caller's ``target`` (default: the ``typical_length`` buffer, the training median).
+    """
+
+    __constants__ = ["num_mixtures", "dec_hidden", "pen_states", "pen_end", "input_dropout", "with_length"]
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -276,20 +297,25 @@ class Decoder(nn.Module):
         self.num_mixtures = cfg.num_mixtures
         self.dec_hidden = cfg.dec_hidden
         self.input_dropout = cfg.input_dropout
+        self.with_length = cfg.decoder_condition == "latent+length"
         self.init_state = nn.Linear(cfg.latent_size, 2 * cfg.dec_hidden)
+        width = STROKE5 + (LENGTH_FEATURES if self.with_length else 0) + cfg.latent_size
         if cfg.cell == "layer_norm":
-            self.rnn = LayerNormLSTM(STROKE5 + cfg.latent_size, cfg.dec_hidden, cfg.recurrent_dropout)
+            self.rnn = LayerNormLSTM(width, cfg.dec_hidden, cfg.recurrent_dropout)
         else:
-            self.rnn = FusedLSTM(STROKE5 + cfg.latent_size, cfg.dec_hidden)
+            self.rnn = FusedLSTM(width, cfg.dec_hidden)
         self.head = nn.Linear(cfg.dec_hidden, PARAMS_PER_COMPONENT * cfg.num_mixtures + PEN_STATES)
         self.register_buffer("scale", torch.ones(()))
+        if self.with_length:
+            self.register_buffer("typical_length", torch.full((), REMAINING_SCALE))
 
     def initial_state(self, z: Tensor) -> LSTMState:
         hc = torch.tanh(self.init_state(z))
         return LSTMState(h=hc[:, : self.dec_hidden], c=hc[:, self.dec_hidden :])
 
     def forward(self, z: Tensor, inputs: Tensor) -> Tensor:
-        """Teacher-forced head outputs ``[B,T,6M+3]`` for normalized inputs ``[B,T,5]`` (start token first).
+        """Teacher-forced head outputs ``[B,T,6M+3]`` for normalized inputs ``[B,T,5]`` (start token first;
+        ``[B,T,7]`` with the length inputs appended when ``with_length``).
 
         Padded, not packed: the decoder is causal, so padding cannot reach a real step, and on CPU
         the padded kernel is ~2x faster than the packed one despite the extra steps."""
@@ -308,6 +334,8 @@ class Decoder(nn.Module):
             keep = (torch.rand(inputs.shape[0], inputs.shape[1], 1, device=inputs.device) >= self.input_dropout).to(inputs.dtype)
             keep = torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1)
             inputs = inputs * keep
+        if self.with_length:
+            inputs = torch.cat([inputs, remaining_inputs(teacher_remaining(lengths, inputs.shape[1])).to(inputs.dtype)], dim=-1)
         params = split_params(self.forward(z, inputs), self.num_mixtures)
         dx, dy, pen = targets(xn, lengths, self.pen_end)
         return step_losses(params, dx, dy, pen)
@@ -323,9 +351,18 @@ class Decoder(nn.Module):
         return total / (lengths.to(total.dtype) + 1.0)
 
     @torch.jit.export
-    def sample(self, z: Tensor, noise: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
-        """Decode up to ``L = noise.shape[1]`` steps; returns canonical stroke-5 ``[B,L,5]`` and lengths."""
+    def sample(self, z: Tensor, noise: Tensor, temperature: float, target: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Decode up to ``L = noise.shape[1]`` steps; returns canonical stroke-5 ``[B,L,5]`` and lengths.
+
+        ``target [B]``: the point count to draw, for a decoder ``with_length`` (ignored otherwise);
+        ``None`` draws ``typical_length`` points."""
         b, steps = noise.shape[0], noise.shape[1]
+        goal = torch.zeros(b, dtype=torch.long, device=z.device)
+        if self.with_length:
+            if target is None:
+                goal = torch.full((b,), int(self.typical_length), dtype=torch.long, device=z.device)
+            else:
+                goal = target.to(device=z.device, dtype=torch.long)
         greedy = temperature <= 0.0
         temp = 1.0 if greedy else temperature
         sqrt_temp = math.sqrt(temp)
@@ -338,7 +375,10 @@ class Decoder(nn.Module):
         h, c = self.initial_state(z)
         m = self.num_mixtures
         for t in range(steps):
-            o, h, c = self.rnn(torch.cat([prev, z], dim=-1).unsqueeze(1), h, c)
+            step_in = prev
+            if self.with_length:
+                step_in = torch.cat([prev, remaining_inputs(goal - t).to(z.dtype)], dim=-1)
+            o, h, c = self.rnn(torch.cat([step_in, z], dim=-1).unsqueeze(1), h, c)
             p = split_params(self.head(o.squeeze(1)), m)
             if greedy:
                 k = torch.argmax(p.log_pi, dim=-1, keepdim=True)
@@ -418,6 +458,11 @@ class SketchRNN(nn.Module):
     def set_scale(self, scale: float) -> None:
         self.encoder.scale.fill_(scale)
         self.decoder.scale.fill_(scale)
+
+    def set_typical_length(self, points: float) -> None:
+        """What a length-conditioned decoder draws when no target is given (the training median)."""
+        if self.decoder.with_length:
+            self.decoder.typical_length.fill_(round(points))
 
     @property
     def scale_factor(self) -> float:

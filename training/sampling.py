@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sketchserve.artifact import load_artifact, sketch_noise, sketch_seed
+from sketchserve.artifact import load_artifact, sample_decoder, sketch_noise, sketch_seed
 from sketchserve.data import iter_drawings
 from sketchserve.render import render_png
 from sketchserve.strokes import stroke3_to_drawing, stroke5_to_stroke3
@@ -23,12 +23,15 @@ COORD_DECIMALS = 2  # ndjson coordinates: canonical units to 1/100
 GRID_COLUMNS = 8  # prior samples per PNG row
 
 
-def decode(artifact: Any, z: np.ndarray, temperature: float, seed: int) -> list[np.ndarray]:
-    """Stroke-3 drawings decoded from latent codes ``z [n, Nz]`` at ``temperature``."""
+def decode(artifact: Any, z: np.ndarray, temperature: float, seed: int, targets: np.ndarray | None = None) -> list[np.ndarray]:
+    """Stroke-3 drawings decoded from latent codes ``z [n, Nz]`` at ``temperature``.
+
+    ``targets [n]``: point counts for a length-conditioned decoder (``sample_decoder``)."""
     steps = int(artifact.manifest["max_seq_len"])
     noise = torch.stack([sketch_noise(sketch_seed(seed, i), steps) for i in range(len(z))])
+    z_t = torch.from_numpy(np.asarray(z, dtype=np.float32))
     with torch.inference_mode():
-        s5, lengths = artifact.decoder.sample(torch.from_numpy(np.asarray(z, dtype=np.float32)), noise, float(temperature))
+        s5, lengths = sample_decoder(artifact.decoder, artifact.manifest, z_t, noise, temperature, targets)
     return [stroke5_to_stroke3(s5[i, : int(n)].numpy()) for i, n in enumerate(lengths.tolist())]
 
 
@@ -73,7 +76,8 @@ def sample_command(
         sketches = [r.stroke3 for r in records]
         sources = [r.source for r in records for _ in range(n)]
         word = records[0].word
-    drawings = decode(artifact, latent_codes(artifact, n, sketches, seed), temperature, seed)
+    targets = np.repeat([len(s) for s in sketches], n) if sketches else None
+    drawings = decode(artifact, latent_codes(artifact, n, sketches, seed), temperature, seed, targets)
     out.parent.mkdir(parents=True, exist_ok=True)
     ndjson = out.with_suffix(".ndjson")
     ndjson.write_text("".join(_ndjson_line(d, word, s, temperature) + "\n" for d, s in zip(drawings, sources)))

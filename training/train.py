@@ -28,8 +28,9 @@ from torch import nn
 
 from sketchserve.progress import Progress
 from sketchserve.training.checkpoint import CHECKPOINT, BEST, load_checkpoint, save_checkpoint
-from sketchserve.training.config import ModelConfig, TrainConfig
+from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
 from sketchserve.training.dataset import Batch, Dataset, RecordFilter, Views, fixed_batches, load_dataset, sample_views, scale_factor
+from sketchserve.training.kmeans import mixture_from_kmeans
 from sketchserve.training.model import SketchRNN
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 EVAL_SEED = 1234  # fixed z noise for evaluation: metrics comparable between evaluations
 DRY_RUN_STEPS = 3  # steps timed by --dry-run
+PRIOR_PREFIX = "prior."  # state-dict keys of the mixture prior, absent from artifacts trained without one
+PRIOR_INIT_BATCH = 256  # sketches per encoder call when initializing the prior
+PRIOR_INIT_RESTARTS = 10  # k-means restarts for the prior's start (as in `sketchserve cluster`)
 SECONDS_PER_MINUTE = 60.0
 
 
@@ -274,6 +278,28 @@ def train(spec: RunSpec, record_filter: RecordFilter | None = None) -> TrainResu
             torch.distributed.destroy_process_group()
 
 
+def init_prior_from_kmeans(model: SketchRNN, sketches: list[np.ndarray], seed: int) -> None:
+    """VaDE's start for a mixture prior added to a trained model: k-means on the training
+    sketches' ``mu``, each cluster's mean, variance and share becoming one component."""
+    if model.prior is None:
+        return
+    k = model.prior.means.shape[0]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        codes = np.concatenate([model.encoder.moments(b.x, b.lengths).mu.numpy() for b in fixed_batches(sketches, PRIOR_INIT_BATCH)])
+    model.train(was_training)
+    mixture = mixture_from_kmeans(codes, k, random_state=seed, n_init=PRIOR_INIT_RESTARTS)
+    if mixture.means.shape[0] != k:
+        raise ConfigError(f"--prior-components {k}: k-means found only {mixture.means.shape[0]} distinct clusters in the codes")
+    with torch.no_grad():
+        model.prior.means.copy_(torch.from_numpy(mixture.means))
+        model.prior.log_var.copy_(torch.from_numpy(mixture.log_var))
+        model.prior.logits.copy_(torch.from_numpy(mixture.logits))
+    logger.info("mixture prior initialized by k-means on %d training codes: component shares %s",
+                len(codes), np.round(np.exp(mixture.logits), 3).tolist())
+
+
 def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist) -> TrainResult:
     cfg, tcfg = spec.model, spec.train
     torch.manual_seed(tcfg.seed)
@@ -285,8 +311,16 @@ def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist
         init = artifact_weights(spec.init_from)
     scale = ckpt["scale_factor"] if ckpt else (init.scale if init else scale_factor(data.train))
     model.set_scale(scale)
+    model.set_typical_length(float(np.median([len(s) for s in data.train])))
     if init:
-        model.load_state_dict(init.state_dict)
+        try:
+            missing, unexpected = model.load_state_dict(init.state_dict, strict=False)
+        except RuntimeError as exc:  # a size mismatch: a model flag changed a weight's shape
+            raise ConfigError(f"{spec.init_from}: its weights do not fit this model: {str(exc).splitlines()[-1].strip()}") from None
+        if unexpected or any(not k.startswith(PRIOR_PREFIX) for k in missing):
+            raise ConfigError(f"{spec.init_from}: its weights do not fit this model (missing {missing}, unexpected {unexpected})")
+        if missing:
+            init_prior_from_kmeans(model, data.train, tcfg.seed)
     model.to(dist.device)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.learning_rate)
     state = _State()
