@@ -13,8 +13,8 @@ from sketchserve.training.export import script_module
 from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
 from sketchserve.strokes import CANONICAL_SIZE
 from sketchserve.training.model import (
-    REMAINING_SCALE, Decoder, Encoder, MixturePrior, SketchRNN, at_step, canonical_positions, contrastive_loss, normalize,
-    remaining_inputs, reverse_within, split_params, step_losses, teacher_remaining,
+    REMAINING_SCALE, Decoder, Encoder, MixturePrior, SketchRNN, at_step, canonical_positions, contrastive_loss, invariance_loss,
+    normalize, remaining_inputs, reverse_within, split_params, step_losses, teacher_remaining,
 )
 from sketchserve.training.dataset import Batch, sample_views
 from sketchserve.training.train import kl_weight_at, lr_at
@@ -225,6 +225,15 @@ def test_contrastive_loss_rewards_matching_views_and_is_log_b_for_uninformative_
     assert math.isclose(contrastive_loss(a, a.flip(0), 0.5).item(), contrastive_loss(a.flip(0), a, 0.5).item(), rel_tol=1e-5)
 
 
+def test_invariance_loss_is_scale_free_zero_for_equal_views_and_about_two_for_unrelated_ones() -> None:
+    a = torch.randn(4000, 6)
+    assert invariance_loss(a, a).item() == 0.0
+    assert math.isclose(invariance_loss(a, torch.randn(4000, 6)).item(), 2.0, rel_tol=0.1)
+    b = a + 0.1 * torch.randn(4000, 6)
+    assert math.isclose(invariance_loss(10.0 * a, 10.0 * b).item(), invariance_loss(a, b).item(), rel_tol=1e-4)
+    assert invariance_loss(torch.ones(3, 2), torch.ones(3, 2)).item() == 0.0  # no spread: no division by zero
+
+
 def test_a_second_view_adds_a_contrastive_term_with_encoder_gradients_only_there() -> None:
     model = SketchRNN(TINY)
     model.set_scale(20.0)
@@ -234,6 +243,7 @@ def test_a_second_view_adds_a_contrastive_term_with_encoder_gradients_only_there
     view = Batch(random_stroke5(4, 8), torch.tensor([8, 3, 6, 8]))
     terms = model(x, lengths, eps, view, 0.1)
     assert torch.equal(terms.recon, plain.recon) and terms.contrastive.item() > 0.0
+    assert plain.invariance.item() == 0.0 and terms.invariance.item() > 0.0
     terms.contrastive.backward()
     assert model.encoder.forward_lstm.weight_ih_l0.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.decoder.parameters())
@@ -249,7 +259,8 @@ def test_contrastive_views_are_distinct_sketches_augmented_twice() -> None:
     batch, view = sample_views(sketches, 10, np.random.default_rng(0), TrainConfig(contrastive_weight=1.0))
     assert view is not None and not torch.equal(batch.x, view.x)
     assert sample_views(sketches, 4, np.random.default_rng(0), TrainConfig()).view is None
-    for field, value, rule in (("contrastive_weight", -1.0, ">= 0"), ("contrastive_temperature", 0.0, "> 0"),
+    assert sample_views(sketches, 4, np.random.default_rng(0), TrainConfig(invariance_weight=0.5)).view is not None
+    for field, value, rule in (("contrastive_weight", -1.0, ">= 0"), ("invariance_weight", -0.1, ">= 0"), ("contrastive_temperature", 0.0, "> 0"),
                                ("view_drop_prob", 1.0, "in \\[0, 1\\)")):
         with pytest.raises(ConfigError, match=f"{field} must be {rule}"):
             TrainConfig(**{field: value}).validate()

@@ -125,6 +125,10 @@ class TrainConfig:
     # (point count, proportions) and keep what tells sketches apart. Costs a second encoder pass per step.
     # An option measured in docs/benchmarks.md ("Clustering").
     contrastive_weight: float = 0.0
+    # Not in the paper (0: off). The same two views' ``mu`` pulled together, relative to the batch's spread
+    # (``model.invariance_loss``): mu must ignore what the augmentation changes, with no pressure to spread the
+    # codes evenly (SimCLR's, which removed the clusters). An option measured in docs/benchmarks.md ("Clustering").
+    invariance_weight: float = 0.0
     # SimCLR's temperature; 0.1 is in the range its ablations found best.
     contrastive_temperature: float = 0.1
     # The second view's augmentation: twice the paper's scaling, three times its point dropping, and whole
@@ -133,6 +137,11 @@ class TrainConfig:
     view_scale_factor: float = 0.3
     view_drop_prob: float = 0.3
     view_stroke_drop: float = 0.2
+
+    @property
+    def uses_views(self) -> bool:
+        """Whether each step needs a second augmented view of its sketches."""
+        return self.contrastive_weight > 0 or self.invariance_weight > 0
 
     def validate(self) -> TrainConfig:
         _require(self, ("batch_size", "max_steps", "eval_every", "checkpoint_every", "log_every"), lambda v: v >= 1, ">= 1")
@@ -143,7 +152,7 @@ class TrainConfig:
             raise ConfigError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
         _require(self, ("random_scale_factor", "augment_stroke_prob", "view_scale_factor", "view_drop_prob", "view_stroke_drop"),
                  lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-        _require(self, ("contrastive_weight",), lambda v: v >= 0, ">= 0")
+        _require(self, ("contrastive_weight", "invariance_weight"), lambda v: v >= 0, ">= 0")
         _require(self, ("contrastive_temperature",), lambda v: v > 0, "> 0")
         return self
 

@@ -129,9 +129,9 @@ class Views(NamedTuple):
 
 
 def sample_views(sketches: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, cfg: TrainConfig) -> Views:
-    """``sample_batch`` when ``cfg.contrastive_weight`` is 0; else distinct sketches (a repeat would be a
+    """``sample_batch`` unless ``cfg.uses_views``; else distinct sketches (a repeat would be a
     false negative), augmented as the paper does and, independently, by the view augmentation."""
-    if cfg.contrastive_weight == 0:
+    if not cfg.uses_views:
         return Views(sample_batch(sketches, batch_size, rng, cfg.random_scale_factor, cfg.augment_stroke_prob), None)
     picks = rng.choice(len(sketches), size=batch_size, replace=batch_size > len(sketches))
     first = [augment_stroke3(sketches[i], rng, cfg.random_scale_factor, cfg.augment_stroke_prob) for i in picks]

@@ -89,6 +89,7 @@ class LossTerms(NamedTuple):
     offset: Tensor
     pen: Tensor
     contrastive: Tensor  # 0 unless a second view was given (see ``contrastive_loss``)
+    invariance: Tensor  # 0 unless a second view was given (see ``invariance_loss``)
 
 
 def split_params(out: Tensor, num_mixtures: int, rho_limit: float = RHO_LIMIT) -> MixtureParams:
@@ -474,7 +475,8 @@ class SketchRNN(nn.Module):
         """``x`` canonical stroke-5 ``[B,T,5]`` (no start token), ``eps`` standard normal ``[B, Nz]``.
 
         ``view``: the same sketches augmented differently; then ``contrastive`` is
-        ``contrastive_loss`` between the two views' ``mu`` at ``temperature``.
+        ``contrastive_loss`` between the two views' ``mu`` at ``temperature``, and
+        ``invariance`` is their ``invariance_loss``.
         """
         mu, presig = self.encoder.moments(x, lengths)
         z = mu + torch.exp(presig / 2.0) * eps
@@ -490,10 +492,22 @@ class SketchRNN(nn.Module):
         else:
             kl = self.prior.kl_estimate(z, mu, presig)
         contrastive = torch.zeros((), device=x.device)
+        invariance = torch.zeros((), device=x.device)
         if view is not None:
             mu_view, _ = self.encoder.moments(view.x, view.lengths)
             contrastive = contrastive_loss(mu, mu_view, temperature)
-        return LossTerms(recon=offset + pen, kl=kl, offset=offset, pen=pen, contrastive=contrastive)
+            invariance = invariance_loss(mu, mu_view)
+        return LossTerms(recon=offset + pen, kl=kl, offset=offset, pen=pen, contrastive=contrastive, invariance=invariance)
+
+
+def invariance_loss(a: Tensor, b: Tensor, floor: float = 1e-6) -> Tensor:
+    """How far two views' codes ``[B, Nz]`` of the same sketches lie apart, relative to how far
+    the batch's codes spread: ``mean |a - b|^2 / mean |a - mean(a)|^2``. 0 when every view lands on
+    its sketch's code; about 2 when views are as far apart as unrelated sketches. Scale-free, so it
+    cannot be lowered by shrinking the codes, and it has no term that spreads them (SimCLR's
+    uniformity, which removed the clusters: docs/benchmarks.md, "Clustering")."""
+    spread = (a - a.mean(dim=0, keepdim=True)).pow(2).sum(-1).mean()
+    return (a - b).pow(2).sum(-1).mean() / spread.clamp(min=floor)
 
 
 def contrastive_loss(a: Tensor, b: Tensor, temperature: float) -> Tensor:

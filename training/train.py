@@ -226,7 +226,11 @@ def _train_step(
     if view is not None:
         view = Batch(view.x.to(device), view.lengths.to(device))
     terms = ddp_model(batch.x.to(device), batch.lengths.to(device), eps.to(device), view, cfg.contrastive_temperature)
-    loss = total_loss(terms.recon, terms.kl, kl_w, cfg.kl_tolerance) + cfg.contrastive_weight * terms.contrastive
+    loss = (
+        total_loss(terms.recon, terms.kl, kl_w, cfg.kl_tolerance)
+        + cfg.contrastive_weight * terms.contrastive
+        + cfg.invariance_weight * terms.invariance
+    )
     opt.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -234,6 +238,7 @@ def _train_step(
     stats = {"loss": loss.item(), "recon": terms.recon.item(), "kl": terms.kl.item(), "kl_weight": kl_w, "lr": lr}
     if view is not None:
         stats["contrastive"] = terms.contrastive.item()
+        stats["invariance"] = terms.invariance.item()
     return stats
 
 
