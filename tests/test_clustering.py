@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from counting import counting_artifact
 from sketchserve.artifact import load_artifact, read_manifest, verify_checksums
 from sketchserve.strokes import drawing_from_xy, preprocess, stroke3_to_stroke5
 from sketchserve.data import iter_drawings
@@ -240,36 +241,6 @@ def test_train_from_cluster_fine_tunes_then_samples_new_members(
     capsys.readouterr()
     assert train_main(["--data", *small, "--from-cluster", f"{model}:7", "--out", str(tmp_path / "bad")]) == 2
     assert "clusters 0..1, not 7" in capsys.readouterr().err
-
-
-def counting_artifact(out: Path) -> Path:
-    """A tiny length-conditioned artifact whose decoder ends exactly when told that no points remain.
-
-    Hand-set weights: LSTM unit 0 forgets at once and copies the "none left" input (through
-    its input, cell and output gates), and the head turns that unit into the end logit."""
-    from dataclasses import replace
-
-    from sketchserve.training.export import TINY_CONFIG, TINY_SCALE, export_artifact
-    from sketchserve.training.model import SketchRNN
-
-    cfg = replace(TINY_CONFIG, decoder_condition="latent+length").validate()
-    torch.manual_seed(0)
-    model = SketchRNN(cfg)
-    model.set_scale(TINY_SCALE)
-    lstm, hidden, none_left = model.decoder.rnn.lstm, cfg.dec_hidden, 6  # input: stroke-5, points left, none left
-    strong = 20.0
-    with torch.no_grad():
-        for gate, bias in ((0, strong), (1, -strong), (3, strong)):  # input gate open, forget gate shut, output open
-            lstm.bias_ih_l0[gate * hidden] = bias
-        lstm.weight_ih_l0[2 * hidden].zero_()
-        lstm.weight_hh_l0[2 * hidden].zero_()
-        lstm.weight_ih_l0[2 * hidden, none_left] = strong  # cell input: the "none left" flag
-        model.decoder.head.weight[-3:].zero_()
-        model.decoder.head.bias[-3:] = torch.tensor([1.0, 0.0, -strong])
-        model.decoder.head.weight[-1, 0] = 2 * strong  # end logit: +20 once no points remain
-    extra = {"name": "counting", "version": "1", "data": {"files": [], "categories": [], "counts": {}}, "metrics": {},
-             "training": {"steps": 0, "wall_seconds": 0.0, "command": "counting_artifact"}}
-    return export_artifact(model, cfg, out, extra)
 
 
 def test_a_length_conditioned_model_draws_each_prototype_at_its_clusters_median_length(
