@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
 from torch import nn
 
+from sketchserve.data import iter_drawings
+from sketchserve.strokes import CANONICAL_SIZE, drawing_to_stroke3, pad_stroke5, stroke3_to_drawing
 from sketchserve.training.export import script_module
 from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
-from sketchserve.strokes import CANONICAL_SIZE
 from sketchserve.training.model import (
     REMAINING_SCALE, Decoder, Encoder, MixturePrior, SketchRNN, at_step, canonical_positions, contrastive_loss, invariance_loss,
-    normalize, remaining_inputs, reverse_within, split_params, step_losses, teacher_remaining,
+    normalize, oriented_strokes, remaining_inputs, reverse_within, split_params, step_losses, teacher_remaining,
 )
 from sketchserve.training.dataset import Batch, sample_views
 from sketchserve.training.train import kl_weight_at, lr_at
+from test_strokes import stroke3s
 
 TINY = ModelConfig(enc_hidden=12, dec_hidden=16, latent_size=6, num_mixtures=3, max_seq_len=40)
 
@@ -302,3 +306,51 @@ def test_length_conditioned_decoder_ignores_padding_scripts_and_draws_its_target
     assert not torch.equal(other[0], default[0])
     with pytest.raises(ConfigError, match="decoder_condition must be one of"):
         ModelConfig(decoder_condition="length").validate()
+
+
+def _oriented_s3(s3: np.ndarray) -> np.ndarray:
+    padded = pad_stroke5([s3])
+    out = oriented_strokes(torch.from_numpy(padded.x), torch.from_numpy(padded.lengths))
+    return np.column_stack([out[0, :, :2].numpy(), out[0, :, 3].numpy()])
+
+
+def _from_corner(drawing: list[np.ndarray]) -> list[np.ndarray]:
+    corner = np.concatenate(drawing).min(axis=0)
+    return [stroke - corner for stroke in drawing]
+
+
+@settings(max_examples=60, deadline=None)
+@given(stroke3s())
+def test_oriented_strokes_keep_every_stroke_or_reverse_it_and_are_idempotent(s3: np.ndarray) -> None:
+    oriented = _oriented_s3(s3)
+    assert oriented.shape == s3.shape and np.array_equal(oriented[:, 2], s3[:, 2])
+    before, after = _from_corner(stroke3_to_drawing(s3)), _from_corner(stroke3_to_drawing(oriented))
+    assert len(before) == len(after)
+    for drawn, redrawn in zip(before, after):
+        assert np.allclose(redrawn, drawn, atol=1e-2) or np.allclose(redrawn, drawn[::-1], atol=1e-2)
+    np.testing.assert_allclose(_oriented_s3(oriented), oriented, atol=1e-2)
+
+
+def test_oriented_encoder_reads_real_drawings_the_same_whichever_way_each_stroke_was_drawn(data_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    paths = [data_dir / "sketchrnn" / f"{c}.npz" for c in ("face", "radio")]
+    drawn = [r.stroke3 for r in iter_drawings(paths, split="valid")]
+    flipped = [drawing_to_stroke3([s[::-1] if rng.random() < 0.5 else s for s in stroke3_to_drawing(d)]) for d in drawn]
+    assert sum(not np.array_equal(a, b) for a, b in zip(drawn, flipped)) > 300
+    a, b = pad_stroke5(drawn), pad_stroke5(flipped)
+    lengths = torch.from_numpy(a.lengths)
+    oriented_a = oriented_strokes(torch.from_numpy(a.x), lengths)
+    oriented_b = oriented_strokes(torch.from_numpy(b.x), lengths)
+    assert torch.allclose(oriented_a, oriented_b, atol=1e-3)
+    cfg = ModelConfig(**{**TINY.__dict__, "encoder_strokes": "oriented", "encoder_input": "offsets+positions"}).validate()
+    enc = Encoder(cfg).eval()
+    enc.scale.fill_(20.0)
+    scripted = script_module(enc)
+    mu_a, _ = scripted(torch.from_numpy(a.x), lengths)
+    mu_b, _ = scripted(torch.from_numpy(b.x), lengths)
+    assert torch.allclose(mu_a, mu_b, atol=1e-5) and torch.allclose(mu_a, enc(torch.from_numpy(a.x), lengths)[0], atol=1e-5)
+    plain = Encoder(ModelConfig(**{**cfg.__dict__, "encoder_strokes": "drawn"})).eval()
+    plain.load_state_dict(enc.state_dict())
+    assert not torch.allclose(plain(torch.from_numpy(a.x), lengths)[0], plain(torch.from_numpy(b.x), lengths)[0], atol=1e-3)
+    with pytest.raises(ConfigError, match="encoder_strokes must be one of"):
+        ModelConfig(encoder_strokes="sorted").validate()

@@ -15,6 +15,7 @@ CELL_TYPES = ("lstm", "layer_norm")
 ENCODER_INPUTS = ("offsets", "offsets+positions")
 ENCODER_POOLS = ("last", "last+mean")
 DECODER_CONDITIONS = ("latent", "latent+length")
+ENCODER_STROKES = ("drawn", "oriented")
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,11 @@ class ModelConfig:
     # point's place in the canonical 0-255 frame (what a raster shows at once and an LSTM must otherwise
     # integrate); an option, measured in docs/benchmarks.md ("Clustering"), so the paper's form stays the default.
     encoder_input: str = "offsets"
+    # Paper: the encoder reads each stroke as drawn ("drawn"). "oriented" has it read every stroke in one
+    # canonical direction (model.oriented_strokes: enclosing strokes anticlockwise, others from the left end),
+    # so the code cannot depend on which way a circle or line was drawn, a trait the codes' k-means clusters
+    # split on. The decoder still redraws the strokes as drawn. An option measured in docs/benchmarks.md.
+    encoder_strokes: str = "drawn"
     # Paper: the encoder's code comes from its two LSTMs' last states ("last"). "last+mean" also gives the
     # code head each direction's mean state over the sketch, a summary of the whole drawing that depends less
     # on how it ends; an option measured in docs/benchmarks.md ("Clustering").
@@ -78,6 +84,8 @@ class ModelConfig:
             raise ConfigError(f"encoder_pool must be one of {', '.join(ENCODER_POOLS)}, got {self.encoder_pool!r}")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ConfigError(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
+        if self.encoder_strokes not in ENCODER_STROKES:
+            raise ConfigError(f"encoder_strokes must be one of {', '.join(ENCODER_STROKES)}, got {self.encoder_strokes!r}")
         if self.decoder_condition not in DECODER_CONDITIONS:
             raise ConfigError(f"decoder_condition must be one of {', '.join(DECODER_CONDITIONS)}, got {self.decoder_condition!r}")
         _require(self, ("recurrent_dropout", "input_dropout"), lambda v: 0.0 <= v < 1.0, "in [0, 1)")

@@ -33,6 +33,11 @@ POSITION_FEATURES = 2  # x, y of each point in the canonical frame (encoder_inpu
 # Decoder inputs with decoder_condition 'latent+length': the points still to draw over REMAINING_SCALE,
 # and 1 once none remain (so the end is a step the decoder is told of, not one it must count to).
 LENGTH_FEATURES = 2
+# oriented_strokes: a stroke with |signed area| / path length^2 above this encloses area (a circle: 1/(4 pi),
+# a straight line: 0; a quarter of a circle's ratio leaves arcs and hooks to the left-end rule).
+CURVED_RATIO = 0.02
+# oriented_strokes: an open stroke runs from its left end; a vertical one (equal x) from its upper end.
+TIE_WEIGHT = 1e-3
 # A typical drawing's point count: keeps the remaining-points input within about [0, 2.5].
 REMAINING_SCALE = 100.0
 PEN_STATES = 3
@@ -237,6 +242,60 @@ def canonical_positions(x: Tensor, lengths: Tensor, span: float = CANONICAL_SIZE
     return (pos - lowest) * (2.0 / span) - 1.0
 
 
+def _first_at_or_after(flags: Tensor) -> Tensor:
+    """``[B, T]`` bool -> for each ``t``, the first index ``>= t`` where ``flags`` holds (``T`` if none)."""
+    steps = flags.shape[1]
+    index = torch.arange(steps, device=flags.device).unsqueeze(0).expand_as(flags)
+    marked = torch.where(flags, index, torch.full_like(index, steps))
+    return torch.cummin(marked.flip(1), dim=1).values.flip(1)
+
+
+def _stroke_sum(per_row: Tensor, start: Tensor, end: Tensor) -> Tensor:
+    """Sum of ``per_row [B, T]`` over rows ``start..end - 1`` (both ``[B, T]`` indices), by prefix sums."""
+    prefix = F.pad(torch.cumsum(per_row, dim=1), (1, 0))
+    return prefix.gather(1, end) - prefix.gather(1, start)
+
+
+def oriented_strokes(x: Tensor, lengths: Tensor, curved: float = CURVED_RATIO, tie: float = TIE_WEIGHT) -> Tensor:
+    """Stroke-5 ``x [B,T,5]`` with each stroke redrawn in one canonical direction; same points, same lengths.
+
+    People draw a circle clockwise or anticlockwise and a line either way; the encoder of an
+    ``encoder_strokes='oriented'`` model reads every stroke in one direction, so its codes cannot
+    depend on which. A stroke that encloses area (|signed area| / path length^2 above ``curved``;
+    a circle has 1/(4 pi)) runs anticlockwise in screen coordinates (positive shoelace area, y down);
+    any other runs from its left end (then upper end). Stroke order, pen states and padding are kept.
+
+    Points as in ``canonical_positions``: ``len + 1`` of them, point 0 the origin, row ``t`` the move
+    from point ``t`` to ``t + 1``; a row whose pen state is "lifted" ends its stroke at point ``t + 1``.
+    The redrawn points are shifted so that the first is the origin again.
+    """
+    b, steps = x.shape[0], x.shape[1]
+    real = real_rows(lengths, steps)
+    index = torch.arange(steps + 1, device=x.device).unsqueeze(0).expand(b, -1)
+    lifted = F.pad((x[..., 3] > 0.5) & real, (1, 0), value=False)  # point j ends a stroke (j = t + 1)
+    real_point = index <= lengths.unsqueeze(1)
+    ends = (lifted | (index == lengths.unsqueeze(1))) & real_point
+    starts = F.pad(ends[:, :-1], (1, 0), value=True) & real_point
+    start = torch.cummax(torch.where(starts, index, torch.zeros_like(index)), dim=1).values
+    end = _first_at_or_after(ends).clamp(max=steps)
+    offsets = x[..., 0:2] * real.unsqueeze(-1).to(x.dtype)
+    points = F.pad(torch.cumsum(offsets, dim=1), (0, 0, 1, 0))
+    px, py = points[..., 0], points[..., 1]
+    nx, ny = F.pad(px[:, 1:], (0, 1)), F.pad(py[:, 1:], (0, 1))
+    inside = (index < end).to(x.dtype)  # points j and j + 1 in the same stroke
+    area2 = _stroke_sum((px * ny - nx * py) * inside, start, end)
+    sx, sy, ex, ey = px.gather(1, start), py.gather(1, start), px.gather(1, end), py.gather(1, end)
+    area2 = area2 + ex * sy - sx * ey  # close the polygon
+    path = _stroke_sum(torch.sqrt((nx - px) ** 2 + (ny - py) ** 2) * inside, start, end)
+    encloses = area2.abs() > 2.0 * curved * path * path
+    backwards = torch.where(encloses, area2 < 0.0, (ex - sx) + tie * (ey - sy) < 0.0)
+    source = torch.where(backwards & real_point, start + end - index, index)
+    redrawn = points.gather(1, source.unsqueeze(-1).expand(-1, -1, 2))
+    moves = redrawn[:, 1:] - redrawn[:, :-1]
+    moves = torch.where(real.unsqueeze(-1), moves, x[..., 0:2])
+    return torch.cat([moves, x[..., 2:]], dim=-1)
+
+
 class Encoder(nn.Module):
     """Bidirectional LSTM over stroke-5 -> ``(mu, sigma)``; padding never changes a result.
 
@@ -250,6 +309,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.with_positions = cfg.encoder_input == "offsets+positions"
+        self.oriented = cfg.encoder_strokes == "oriented"
         width = STROKE5 + (POSITION_FEATURES if self.with_positions else 0)
         self.with_mean = cfg.encoder_pool == "last+mean"
         self.forward_lstm = nn.LSTM(width, cfg.enc_hidden, batch_first=True)
@@ -263,6 +323,8 @@ class Encoder(nn.Module):
     def moments(self, x: Tensor, lengths: Tensor) -> Moments:
         """``(mu, presig)`` with ``sigma = exp(presig / 2)``; ``x`` in canonical units."""
         lengths = lengths.to(x.device)
+        if self.oriented:
+            x = oriented_strokes(x, lengths)
         xn = normalize(x, self.scale)
         if self.with_positions:
             xn = torch.cat([xn, canonical_positions(x, lengths)], dim=-1)
