@@ -68,12 +68,11 @@ def sample_decoder(decoder: Any, manifest: dict[str, Any], z: Any, noise: Any, t
 
     if not length_conditioned(manifest):
         return decoder.sample(z, noise, float(temperature))
-    typical = int(decoder.typical_length)
     if targets is None:
-        goal = torch.full((z.shape[0],), typical, dtype=torch.long)
-    else:
-        goal = torch.as_tensor(targets, dtype=torch.long)
-        goal = torch.where(goal > 0, goal, torch.full_like(goal, typical))
+        return decoder.sample(z, noise, float(temperature))  # the decoder falls back to typical_length itself
+    goal = torch.as_tensor(targets, dtype=torch.long)
+    if bool((goal <= 0).any()):
+        goal = torch.where(goal > 0, goal, torch.full_like(goal, int(decoder.typical_length)))
     return decoder.sample(z, noise, float(temperature), goal.to(z.device))
 
 

@@ -11,6 +11,7 @@ import datetime as dt
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,15 +88,25 @@ def export_artifact(
     return out
 
 
-def make_random_artifact(out_dir: Path | str, *, seed: int = 0, tiny: bool = True, **model_options: Any) -> Path:
+def make_random_artifact(
+    out_dir: Path | str,
+    *,
+    seed: int = 0,
+    tiny: bool = True,
+    prepare: Callable[[SketchRNN], None] | None = None,
+    **model_options: Any,
+) -> Path:
     """A randomly initialised artifact (tiny by default) with a complete manifest, for tests.
 
-    ``model_options``: ModelConfig fields to change (``decoder_condition="latent+length"``)."""
+    ``model_options``: ModelConfig fields to change (``decoder_condition="latent+length"``);
+    ``prepare``: called on the model before export (to hand-set weights)."""
     cfg = replace(TINY_CONFIG if tiny else ModelConfig(), **model_options).validate()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = SketchRNN(cfg)
     model.set_scale(TINY_SCALE)
+    if prepare is not None:
+        prepare(model)
     extra = {
         "name": "random-tiny" if tiny else "random",
         "version": f"seed{seed}",
