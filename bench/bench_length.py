@@ -22,9 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "sketchrnn"
-CATEGORIES = ("face", "pig", "alarm clock", "radio")
+from bench_clustering import CATEGORIES, DEFAULT_DATA_DIR
 # A drawing this many points off its target still counts as near.
 NEAR_POINTS = 2
 

@@ -66,10 +66,8 @@ def sample_decoder(decoder: Any, manifest: dict[str, Any], z: Any, noise: Any, t
     """
     import torch
 
-    if not length_conditioned(manifest):
-        return decoder.sample(z, noise, float(temperature))
-    if targets is None:
-        return decoder.sample(z, noise, float(temperature))  # the decoder falls back to typical_length itself
+    if targets is None or not length_conditioned(manifest):
+        return decoder.sample(z, noise, float(temperature))  # a length-conditioned one draws its typical_length
     goal = torch.as_tensor(targets, dtype=torch.long)
     if bool((goal <= 0).any()):
         goal = torch.where(goal > 0, goal, torch.full_like(goal, int(decoder.typical_length)))

@@ -62,7 +62,6 @@ def decode_greedy(artifact: Any, codes: np.ndarray, targets: Sequence[int] | Non
     z = torch.from_numpy(np.asarray(codes, dtype=np.float32)).to(device)
     noise = torch.zeros((z.shape[0], steps, NOISE_CHANNELS), dtype=torch.float32, device=device)
     with torch.inference_mode():
-        goal = None if targets is None else torch.as_tensor(np.asarray(targets, dtype=np.int64))
-        strokes5, lengths = sample_decoder(artifact.decoder, artifact.manifest, z, noise, GREEDY_TEMPERATURE, goal)
+        strokes5, lengths = sample_decoder(artifact.decoder, artifact.manifest, z, noise, GREEDY_TEMPERATURE, targets)
     s5 = strokes5.cpu().numpy()
     return [stroke5_to_stroke3(s5[i, : int(n)]) for i, n in enumerate(lengths.cpu().tolist())]

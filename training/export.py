@@ -9,9 +9,9 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
