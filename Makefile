@@ -8,17 +8,31 @@ PORT ?= 50051
 PB_DIR := sketchserve/pb
 PROTO := proto/sketch/v1/sketch.proto
 PB_OUT := $(PB_DIR)/sketch/v1/sketch_pb2.py
+# The source the linters and the type checker read: the core and the three layers (import path = file path).
+SOURCE := sketchserve client/sketchserve server/sketchserve training/sketchserve
+# The four roots of the `sketchserve` namespace package.
+ROOTS := .:client:server:training
+# Where the real data the benchmarks read lives.
+DATA ?= ../shared/data
 
-.PHONY: all install proto test serve lint bench clean
+.PHONY: all install proto test test-quick lint serve bench clean
 
 all: install
 
-# The venv is (re)built when the project's dependencies change.
+# The venv is (re)built when the project's dependencies change. flock makes a
+# second `make` that starts meanwhile wait for the first instead of racing it
+# inside pip; the stamp is checked again once the lock is held.
 $(BIN)/.installed: pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[server,train,dev]'
-	touch $@
+	flock .install.lock $(MAKE) --no-print-directory venv-locked
+
+.PHONY: venv-locked
+venv-locked:
+	@if [ ! -f $(BIN)/.installed ] || [ pyproject.toml -nt $(BIN)/.installed ] || [ constraints.txt -nt $(BIN)/.installed ]; then \
+		$(PYTHON) -m venv $(VENV) && \
+		$(PIP) install --quiet --upgrade pip && \
+		$(PIP) install --quiet -c constraints.txt -e '.[server,train,dev]' && \
+		touch $(BIN)/.installed; \
+	fi
 
 install: $(BIN)/.installed proto
 
@@ -30,15 +44,29 @@ $(PB_OUT): $(PROTO) $(BIN)/.installed
 
 proto: $(PB_OUT)
 
-test: install
+# ruff (lint + format check), mypy, the import contracts (pyproject.toml [tool.importlinter]), hadolint.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	PYTHONPATH=$(ROOTS) $(BIN)/mypy $(SOURCE)
+	PYTHONPATH=$(ROOTS) $(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
+
+test: lint
 	$(BIN)/python -m pytest -q
+
+# A developer's quick loop: everything but the tests marked slow.
+test-quick: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 serve: install
 	$(BIN)/sketchserve serve --model $(MODEL) --port $(PORT)
 
+# The benchmarks that run on this machine, each printing its table (docs/benchmarks.md says what each measures).
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_preprocess.py --data $(DATA)
+	$(BIN)/python bench/bench_serving.py --model $(MODEL)
+	$(BIN)/python bench/bench_clustering.py --model $(MODEL)
 
 clean:
-	rm -rf $(VENV) $(PB_DIR)/sketch build *.egg-info
+	rm -rf $(VENV) $(PB_DIR)/sketch build *.egg-info .install.lock

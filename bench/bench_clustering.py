@@ -41,8 +41,8 @@ from PIL import Image, ImageDraw
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+from sklearn.preprocessing import StandardScaler
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "sketchrnn"
@@ -215,13 +215,24 @@ def train_models(
 
 
 def _row(s: Score, note: str) -> str:
-    return f"| {s.method}{note} | {s.nmi:.3f} | {s.ari:.3f} | {s.nmi_min:.3f}-{s.nmi_max:.3f} | {s.probe_accuracy:.3f} | {s.length_correlation:.2f} | {s.silhouette:.3f} | {s.seconds:.1f} |"
+    cells = [
+        f"{s.method}{note}",
+        f"{s.nmi:.3f}",
+        f"{s.ari:.3f}",
+        f"{s.nmi_min:.3f}-{s.nmi_max:.3f}",
+        f"{s.probe_accuracy:.3f}",
+        f"{s.length_correlation:.2f}",
+        f"{s.silhouette:.3f}",
+        f"{s.seconds:.1f}",
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def table(models: list[Score], baselines: list[Score], n: int) -> str:
     best = max(baselines, key=lambda s: s.nmi)
     lines = [
-        f"{n} drawings ({', '.join(CATEGORIES)}; splits {'+'.join(SPLITS)}), k-means k={K}, random_state={RANDOM_STATE}, n_init={N_INIT}",
+        f"{n} drawings ({', '.join(CATEGORIES)}; splits {'+'.join(SPLITS)}), "
+        f"k-means k={K}, random_state={RANDOM_STATE}, n_init={N_INIT}",
         "",
         f"| features | NMI | ARI | NMI, {len(SPREAD_SEEDS)} single k-means starts (min-max) | probe accuracy "
         f"| top-{LENGTH_PCS} PC vs point count, max abs r | silhouette | seconds |",
@@ -240,14 +251,20 @@ def table(models: list[Score], baselines: list[Score], n: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", type=Path, nargs="+", help="artifact directories (trained on the four categories' train splits)")
+    source.add_argument(
+        "--model", type=Path, nargs="+", help="artifact directories (trained on the four categories' train splits)"
+    )
     source.add_argument("--train", type=Path, help="train one model per --kl-weights into this folder first")
     parser.add_argument("--kl-weights", type=float, nargs="+", default=[0.1], help="w_KL of the models --train trains")
     parser.add_argument("--max-minutes", type=float, default=35.0, help="training budget per --train model")
     parser.add_argument(
-        "--train-args", default="", help="more `sketchserve train` flags for --train, one string (e.g. '--input-dropout 0.3')"
+        "--train-args",
+        default="",
+        help="more `sketchserve train` flags for --train, one string (e.g. '--input-dropout 0.3')",
     )
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with the four sketch-rnn .npz files")
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with the four sketch-rnn .npz files"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the scores here")
     args = parser.parse_args(argv)

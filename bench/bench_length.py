@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
 from bench_clustering import CATEGORIES, DEFAULT_DATA_DIR
+
 # A drawing this many points off its target still counts as near.
 NEAR_POINTS = 2
 
@@ -81,7 +81,9 @@ def table(rows: list[Adherence]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, nargs="+", required=True, help="length-conditioned artifact directories")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with the four sketch-rnn .npz files")
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with the four sketch-rnn .npz files"
+    )
     parser.add_argument("--split", default="test", help="which split's drawings")
     parser.add_argument("--every", type=int, default=1, help="take every N-th drawing (a quicker run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")

@@ -96,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(name) for name, _ in rows)
     out = [f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}"]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    out.append(
-        f"machine: {platform.machine()}, python {platform.python_version()}, 1 core, load average {load:.1f}"
-    )
+    out.append(f"machine: {platform.machine()}, python {platform.python_version()}, 1 core, load average {load:.1f}")
     out += [f"{name.ljust(width)}  {value}" for name, value in rows]
     sys.stdout.write("\n".join(out) + "\n")
     return 0

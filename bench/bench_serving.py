@@ -25,7 +25,6 @@ import argparse
 import logging
 import math
 import multiprocessing
-from multiprocessing.pool import Pool
 import os
 import platform
 import sys
@@ -34,12 +33,13 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
-
 from serving_load import ENCODE, RECONSTRUCT, CellResult, CellSpec, run_cell
 from serving_server import ServerProcess
+
 from sketchserve import data, strokes
 from sketchserve.artifact import read_manifest
 from sketchserve.client.convert import sketch_to_pb
@@ -109,7 +109,9 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
     parser.add_argument("--sketches-per-call", default="1,32", help="comma-separated (default %(default)s)")
     parser.add_argument("--max-points", type=int, default=100, help="Reconstruct output points (default %(default)s)")
     parser.add_argument("--torch-threads", type=int, default=1, help="server and in-process (default %(default)s)")
-    parser.add_argument("--device", default="cpu", help="server and in-process: cpu, cuda or cuda:N (default %(default)s)")
+    parser.add_argument(
+        "--device", default="cpu", help="server and in-process: cpu, cuda or cuda:N (default %(default)s)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
     args = parser.parse_args(list(argv))
     quick = args.quick
@@ -177,7 +179,8 @@ def load_drawings(max_points: int) -> Drawings:
         raise SystemExit(f"bench_serving: no drawing fits the model's {max_points} points")
     mean_points = np.mean([len(canonical[i]) for i in kept])
     return Drawings(
-        [candidates[i] for i in kept], [canonical[i] for i in kept],
+        [candidates[i] for i in kept],
+        [canonical[i] for i in kept],
         f"{len(kept)} {source} (mean {mean_points:.0f} points after preprocessing)",
     )
 
@@ -201,8 +204,16 @@ def run_grid(
         for concurrency in config.concurrency:
             for per_call in config.sketches_per_call:
                 spec = CellSpec(
-                    server.target, method, concurrency, per_call, sketches, config.warmup_s, config.duration_s,
-                    config.max_calls, config.max_points, config.max_round_s,
+                    server.target,
+                    method,
+                    concurrency,
+                    per_call,
+                    sketches,
+                    config.warmup_s,
+                    config.duration_s,
+                    config.max_calls,
+                    config.max_points,
+                    config.max_round_s,
                 )
                 before = server.batch_totals(BATCHER[method])
                 timeout = config.warmup_s + config.max_round_s + config.duration_s + CELL_TIMEOUT_SLACK_S
@@ -216,10 +227,14 @@ def run_grid(
 def served(config: BenchConfig, model_dir: Path, sketches: tuple[bytes, ...]) -> list[Row]:
     most_outstanding = max(config.concurrency) * max(config.sketches_per_call)
     common = [
-        "--torch-threads", str(config.torch_threads),
-        "--device", config.device,
-        "--max-queue", str(max(QUEUE_HEADROOM * most_outstanding, max(config.sketches_per_call))),
-        "--max-sketches-per-request", str(max(config.sketches_per_call)),
+        "--torch-threads",
+        str(config.torch_threads),
+        "--device",
+        config.device,
+        "--max-queue",
+        str(max(QUEUE_HEADROOM * most_outstanding, max(config.sketches_per_call))),
+        "--max-sketches-per-request",
+        str(max(config.sketches_per_call)),
     ]
     rows: list[Row] = []
     with ExitStack() as stack:
@@ -277,7 +292,9 @@ def goals(config: BenchConfig, rows: list[Row], limits: dict) -> list[Goal]:
             result.append(
                 Goal(
                     f"{method} c={top} k={per_call}: served / in-process at batch {limit.batch_size}",
-                    ratio, f">= {target}" if target else "(no goal)", target is None or ratio >= target,
+                    ratio,
+                    f">= {target}" if target else "(no goal)",
+                    target is None or ratio >= target,
                 )
             )
         for per_call in config.sketches_per_call:
@@ -291,7 +308,9 @@ def goals(config: BenchConfig, rows: list[Row], limits: dict) -> list[Goal]:
                 Goal(
                     f"{method} c={top} k={per_call}: batched / unbatched (p99 {batched.result.p99_ms:.1f} vs "
                     f"{unbatched.result.p99_ms:.1f} ms)",
-                    speedup, f">= {GOAL_BATCHING[method]}, p99 no worse", speedup >= GOAL_BATCHING[method] and p99_ok,
+                    speedup,
+                    f">= {GOAL_BATCHING[method]}, p99 no worse",
+                    speedup >= GOAL_BATCHING[method] and p99_ok,
                 )
             )
         single = _find(rows, "batched", method, low, 1)
@@ -301,7 +320,9 @@ def goals(config: BenchConfig, rows: list[Row], limits: dict) -> list[Goal]:
                 Goal(
                     f"{method} c={low} k=1: p50 {single.result.p50_ms:.2f} ms minus in-process "
                     f"{limits[(method, 1)].ms_per_batch:.2f} ms",
-                    extra, f"<= {GOAL_P50_EXTRA_MS} ms", extra <= GOAL_P50_EXTRA_MS,
+                    extra,
+                    f"<= {GOAL_P50_EXTRA_MS} ms",
+                    extra <= GOAL_P50_EXTRA_MS,
                 )
             )
     return result

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sketchserve.artifact import NOISE_CHANNELS, sketch_noise, sketch_seed
 from sketchserve.server.engine import collate_stroke3
-from sketchserve.server.model import NOISE_CHANNELS, SketchModel, load_model, sketch_noise, sketch_seed
+from sketchserve.server.model import SketchModel, load_model
 
 MIN_REPEATS = 3  # batches timed at least, however slow
 WARMUP_REPEATS = 2  # untimed batches first (allocator, TorchScript profiling)
@@ -71,7 +72,12 @@ def _time(run: Callable[[int], object], min_seconds: float) -> float:
 
 
 def measure(
-    model: SketchModel, method: str, sketches: Sequence[np.ndarray], batch_size: int, *, min_seconds: float,
+    model: SketchModel,
+    method: str,
+    sketches: Sequence[np.ndarray],
+    batch_size: int,
+    *,
+    min_seconds: float,
     max_points: int,
 ) -> InProcessResult:
     """Throughput of ``method`` ("Encode" or "Reconstruct") at ``batch_size``, over batches cycling the pool."""

@@ -58,8 +58,20 @@ class ServerProcess:
         self.target = f"{HOST}:{self.port}"
         self._log = tempfile.TemporaryFile(mode="w+")
         command = [
-            sys.executable, "-m", "sketchserve.cli", "serve", "--model", str(model_dir), "--host", HOST,
-            "--port", str(self.port), "--metrics-port", str(self.metrics_port), "--log-level", "WARNING",
+            sys.executable,
+            "-m",
+            "sketchserve.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--log-level",
+            "WARNING",
             *extra_args,
         ]
         self.command = command
@@ -102,7 +114,7 @@ class ServerProcess:
             if family.name != BATCH_SIZE_METRIC:
                 continue
             for sample in family.samples:
-                suffix = sample.name[len(BATCH_SIZE_METRIC):]
+                suffix = sample.name[len(BATCH_SIZE_METRIC) :]
                 if sample.labels.get("batcher") == batcher and suffix in values:
                     values[suffix] = sample.value
         return BatchTotals(items=values["_sum"], batches=values["_count"])

@@ -37,7 +37,7 @@ def sketch_seed(request_seed: int, index: int) -> int:
 
 
 def sketch_noise(seed: int, steps: int) -> Any:
-    """``[steps, NOISE_CHANNELS]`` decoding noise of one sketch (a CPU tensor), a pure function of ``seed`` and ``steps``.
+    """``[steps, NOISE_CHANNELS]`` decoding noise of one sketch (a CPU tensor), a pure function of seed and steps.
 
     The one definition that the server (Reconstruct) and ``sketchserve sample`` share,
     so a seed draws the same sketch in both. Draw order (fixed, part of the
@@ -57,7 +57,9 @@ def length_conditioned(manifest: dict[str, Any]) -> bool:
     return manifest.get("hparams", {}).get("decoder_condition") == LENGTH_CONDITION
 
 
-def sample_decoder(decoder: Any, manifest: dict[str, Any], z: Any, noise: Any, temperature: float, targets: Any = None) -> Any:
+def sample_decoder(
+    decoder: Any, manifest: dict[str, Any], z: Any, noise: Any, temperature: float, targets: Any = None
+) -> Any:
     """``decoder.sample`` for any artifact: ``(strokes5, lengths)``.
 
     ``targets [B]`` int64: the point count each sketch should have, used by a
@@ -136,7 +138,9 @@ def verify_checksums(model_dir: Path | str) -> dict[str, Any]:
             raise ArtifactError(f"{path}: listed in the manifest but missing")
         actual = sha256_file(path)
         if actual != expected:
-            raise ArtifactError(f"{path}: sha256 {actual[:12]}... does not match the manifest's {str(expected)[:12]}...")
+            raise ArtifactError(
+                f"{path}: sha256 {actual[:12]}... does not match the manifest's {str(expected)[:12]}..."
+            )
     return manifest
 
 

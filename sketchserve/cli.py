@@ -24,7 +24,9 @@ def _subcommands() -> dict[str, Subcommand]:
         "train": Subcommand("sketchserve.training.cli:train_main", "train a Sketch-RNN VAE on drawing files"),
         "export": Subcommand("sketchserve.training.cli:export_main", "export a run as a TorchScript artifact"),
         "sample": Subcommand("sketchserve.training.cli:sample_main", "draw new sketches from an artifact"),
-        "cluster": Subcommand("sketchserve.training.clustering:cluster_main", "k-means on latent codes, stored in the artifact"),
+        "cluster": Subcommand(
+            "sketchserve.training.clustering:cluster_main", "k-means on latent codes, stored in the artifact"
+        ),
         "gallery": Subcommand("sketchserve.training.gallery:gallery_main", "an HTML gallery of an artifact's clusters"),
         "serve": Subcommand("sketchserve.server.main:main", "serve an artifact over gRPC"),
         "encode": Subcommand("sketchserve.client.cli:encode_main", "encode drawings with a server"),

@@ -197,14 +197,12 @@ def _finish(items: list[_Pending], options: _Options) -> Iterator[DrawingRecord]
         return
     if options.canonical:
         drawings = [
-            strokes.stroke3_to_drawing(item.record.stroke3) if item.drawing is None else item.drawing
-            for item in items
+            strokes.stroke3_to_drawing(item.record.stroke3) if item.drawing is None else item.drawing for item in items
         ]
         rows = strokes.preprocess_many(drawings)
     else:
         rows = [
-            item.record.stroke3 if item.drawing is None else strokes.drawing_to_stroke3(item.drawing)
-            for item in items
+            item.record.stroke3 if item.drawing is None else strokes.drawing_to_stroke3(item.drawing) for item in items
         ]
     for item, s3 in zip(items, rows):
         yield replace(item.record, stroke3=s3)
@@ -267,9 +265,7 @@ def _iter_npz(path: Path, options: _Options) -> Iterator[_Pending]:
                 yield from _iter_npz_split(path, archive, name, options)
 
 
-def _iter_npz_split(
-    path: Path, archive: np.lib.npyio.NpzFile, name: str, options: _Options
-) -> Iterator[_Pending]:
+def _iter_npz_split(path: Path, archive: np.lib.npyio.NpzFile, name: str, options: _Options) -> Iterator[_Pending]:
     try:
         array = _read_split(path, archive, name)
     except DataFormatError as err:

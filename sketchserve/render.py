@@ -52,8 +52,7 @@ def _fit(drawing: strokes.Drawing, size: float, padding: float) -> strokes.Drawi
 def _segments(drawing: strokes.Drawing) -> np.ndarray:
     """``(K, 4)`` segments ``x0, y0, x1, y1``; a one-point stroke is a zero-length segment."""
     parts = [
-        np.hstack([stroke[:-1], stroke[1:]]) if len(stroke) > 1 else np.hstack([stroke, stroke])
-        for stroke in drawing
+        np.hstack([stroke[:-1], stroke[1:]]) if len(stroke) > 1 else np.hstack([stroke, stroke]) for stroke in drawing
     ]
     return np.concatenate(parts)
 
@@ -142,7 +141,10 @@ def render_png(
 
 
 def drawing_to_png_bytes(
-    drawing: np.ndarray, *, size: int = DEFAULT_CELL * 2, padding: int = DEFAULT_PADDING,
+    drawing: np.ndarray,
+    *,
+    size: int = DEFAULT_CELL * 2,
+    padding: int = DEFAULT_PADDING,
     line_width: float = DEFAULT_LINE_WIDTH,
 ) -> bytes:
     """One stroke-3 drawing as PNG bytes, ``size`` pixels square."""

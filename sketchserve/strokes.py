@@ -82,7 +82,9 @@ Drawing = list[np.ndarray]
 CANONICAL_SIZE = 255.0  # the longer side of a canonical drawing spans 0..255, as in Google's simplified data
 RESAMPLE_SPACING = 1.0  # arc-length spacing of the resampling step, in canonical units
 RDP_EPSILON = 2.0  # Ramer-Douglas-Peucker tolerance used for the simplified Quick, Draw! data
-SNAP_GRID = 2.0**-20  # ~1e-6 binary grid: removes float noise (shifted/scaled copies stay bit-identical), keeps dyadic values exact
+SNAP_GRID = (
+    2.0**-20
+)  # ~1e-6 binary grid: removes float noise (shifted/scaled copies stay bit-identical), keeps dyadic values exact
 MAX_CUMSUM_TABLE = 2**22  # cells (32 MiB) of the padded per-stroke cumsum table before falling back to a loop
 CHUNK_DRAWINGS = 256  # drawings processed together: amortizes numpy calls, bounds the padded cumsum buffer
 START_TOKEN = (0.0, 0.0, 1.0, 0.0, 0.0)  # stroke-5 start-of-sequence row the model prepends

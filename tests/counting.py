@@ -34,4 +34,6 @@ def count_to_the_end(model: SketchRNN) -> None:
 
 def counting_artifact(out: Path) -> Path:
     """A tiny length-conditioned artifact whose decoder ends exactly when told that no points remain."""
-    return make_random_artifact(out, decoder_condition="latent+length", max_seq_len=MAX_POINTS, prepare=count_to_the_end)
+    return make_random_artifact(
+        out, decoder_condition="latent+length", max_seq_len=MAX_POINTS, prepare=count_to_the_end
+    )

@@ -164,7 +164,9 @@ def clustered_server(clustered_model: Path) -> Iterator[RunningServer]:
         yield server
 
 
-def random_sketch(rng: np.random.Generator, strokes: int = 3, points: int = 12, sketch_id: str = "") -> sketch_pb2.Sketch:
+def random_sketch(
+    rng: np.random.Generator, strokes: int = 3, points: int = 12, sketch_id: str = ""
+) -> sketch_pb2.Sketch:
     """A random-walk drawing in arbitrary units (the server canonicalizes it)."""
     result = sketch_pb2.Sketch(id=sketch_id)
     for _ in range(strokes):

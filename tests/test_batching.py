@@ -12,11 +12,11 @@ import pytest
 from sketchserve.server.batching import (
     DROP_CANCELLED,
     DROP_DEADLINE,
+    REORDER_WINDOW_BATCHES,
     Batcher,
     BatcherClosed,
     BatchItem,
     DeadlineDropped,
-    REORDER_WINDOW_BATCHES,
     QueueFull,
 )
 

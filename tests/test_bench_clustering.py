@@ -11,20 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from server_fixtures import tiny_model  # noqa: F401 - fixture used by name
-
 REPO = Path(__file__).resolve().parents[1]
 BENCH_TIMEOUT_S = 300  # generous for a loaded 2-core machine; the run takes ~30 s
 LINE_WIDTHS = 5  # bench_clustering.LINE_WIDTHS: one baseline row each
 
 
 @pytest.mark.timeout(BENCH_TIMEOUT_S + 30)
-def test_clustering_benchmark_scores_model_and_baselines(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_clustering_benchmark_scores_model_and_baselines(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
     sketchrnn = data_dir / "sketchrnn"
     out = tmp_path / "scores.json"
     command = [
-        sys.executable, str(REPO / "bench" / "bench_clustering.py"), "--model", str(tiny_model),
-        "--data-dir", str(sketchrnn), "--json", str(out),
+        sys.executable,
+        str(REPO / "bench" / "bench_clustering.py"),
+        "--model",
+        str(tiny_model),
+        "--data-dir",
+        str(sketchrnn),
+        "--json",
+        str(out),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -43,7 +47,14 @@ def test_clustering_benchmark_scores_model_and_baselines(tiny_model: Path, data_
 
 
 def test_clustering_benchmark_names_missing_data(tmp_path: Path) -> None:
-    command = [sys.executable, str(REPO / "bench" / "bench_clustering.py"), "--model", str(tmp_path), "--data-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "bench_clustering.py"),
+        "--model",
+        str(tmp_path),
+        "--data-dir",
+        str(tmp_path),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, cwd=REPO, check=False)
     assert done.returncode == 2
     assert f"{tmp_path} lacks face.npz, pig.npz, alarm clock.npz, radio.npz" in done.stderr

@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from counting import counting_artifact
-from server_fixtures import tiny_model  # noqa: F401 - fixture used by name
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_TIMEOUT_S = 300  # generous for a loaded 2-core machine; the run takes a few seconds
@@ -19,15 +17,24 @@ BENCH_TIMEOUT_S = 300  # generous for a loaded 2-core machine; the run takes a f
 
 def run_bench(model: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     command = [
-        sys.executable, str(REPO / "bench" / "bench_length.py"), "--model", str(model),
-        "--data-dir", str(data_dir / "sketchrnn"), "--every", "10", *extra,
+        sys.executable,
+        str(REPO / "bench" / "bench_length.py"),
+        "--model",
+        str(model),
+        "--data-dir",
+        str(data_dir / "sketchrnn"),
+        "--every",
+        "10",
+        *extra,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, cwd=REPO, check=False)
 
 
 @pytest.mark.timeout(2 * BENCH_TIMEOUT_S)
 def test_length_benchmark_measures_how_exactly_the_decoder_draws_its_target(
-    tiny_model: Path, data_dir: Path, tmp_path: Path  # noqa: F811
+    tiny_model: Path,
+    data_dir: Path,
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "length.json"
     done = run_bench(counting_artifact(tmp_path / "counting"), data_dir, "--json", str(out))

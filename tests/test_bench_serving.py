@@ -10,18 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from server_fixtures import tiny_model  # noqa: F401 - fixture used by name
-
 REPO = Path(__file__).resolve().parents[1]
 BENCH_TIMEOUT_S = 240  # a generous bound for a loaded 2-core machine; the run takes ~20 s
 
 
 @pytest.mark.timeout(BENCH_TIMEOUT_S + 30)
-def test_quick_serving_benchmark_reports_every_cell(tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_quick_serving_benchmark_reports_every_cell(tiny_model: Path, tmp_path: Path) -> None:
     report = tmp_path / "serving.md"
     command = [
-        sys.executable, str(REPO / "bench" / "bench_serving.py"), "--model", str(tiny_model), "--quick",
-        "--concurrency", "1,2", "--sketches-per-call", "1,2", "--max-points", "16", "--out", str(report),
+        sys.executable,
+        str(REPO / "bench" / "bench_serving.py"),
+        "--model",
+        str(tiny_model),
+        "--quick",
+        "--concurrency",
+        "1,2",
+        "--sketches-per-call",
+        "1,2",
+        "--max-points",
+        "16",
+        "--out",
+        str(report),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -8,19 +8,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
-from server_fixtures import (  # noqa: F401 - fixtures used by name
+from server_fixtures import (
     SHARED_MAX_SKETCHES,
     RunningServer,
-    clustered_model,
-    clustered_server,
     random_sketches,
     running_server,
     server_config,
-    tiny_model,
 )
-from sketchserve.client import AsyncSketchClient, Sampling, Sketch, SketchClient, SketchServiceError
-from sketchserve.client import health
+
+from sketchserve.client import AsyncSketchClient, Sampling, Sketch, SketchClient, SketchServiceError, health
 from sketchserve.client.convert import sketch_from_pb
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,10 +31,8 @@ def _sketches(seed: int, count: int) -> list[Sketch]:
 
 
 @pytest.fixture()
-def client(clustered_server: RunningServer):  # noqa: F811
-    with SketchClient(
-        clustered_server.target, timeout=CALL_TIMEOUT_S, max_sketches_per_call=SHARED_MAX_SKETCHES
-    ) as c:
+def client(clustered_server: RunningServer):
+    with SketchClient(clustered_server.target, timeout=CALL_TIMEOUT_S, max_sketches_per_call=SHARED_MAX_SKETCHES) as c:
         yield c
 
 
@@ -113,7 +107,7 @@ def test_bad_sketch_is_named_by_its_index_in_the_whole_input(client: SketchClien
     assert f"sketches[{bad}]" in info.value.details
 
 
-def test_deadline_and_malformed_input(clustered_server: RunningServer) -> None:  # noqa: F811
+def test_deadline_and_malformed_input(clustered_server: RunningServer) -> None:
     with SketchClient(clustered_server.target, timeout=1e-6) as hurried:
         with pytest.raises(SketchServiceError) as info:
             hurried.encode(_sketches(7, 1))
@@ -123,7 +117,7 @@ def test_deadline_and_malformed_input(clustered_server: RunningServer) -> None: 
             client.encode([_sketches(7, 1)[0], np.zeros((3, 2))])
 
 
-def test_unavailable_is_retried_through_the_service_config(tiny_model: Path) -> None:  # noqa: F811
+def test_unavailable_is_retried_through_the_service_config(tiny_model: Path) -> None:
     attempts = 3
     with running_server(server_config(tiny_model), load=False) as server:
         assert health.main(["--target", server.target]) == 1  # listening, not loaded: NOT_SERVING
@@ -136,13 +130,13 @@ def test_unavailable_is_retried_through_the_service_config(tiny_model: Path) -> 
     assert server.metric("sketchserve_requests_total", method="Encode", code="UNAVAILABLE") == attempts
 
 
-def test_health_probe(clustered_server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_health_probe(clustered_server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert health.main(["--target", clustered_server.target]) == 0
     assert capsys.readouterr().out == f"{clustered_server.target}: SERVING\n"
     assert health.check_health("127.0.0.1:1", timeout=1.0) == health.HealthStatus(False, "UNAVAILABLE")
 
 
-def test_async_client(clustered_server: RunningServer) -> None:  # noqa: F811
+def test_async_client(clustered_server: RunningServer) -> None:
     sketches = _sketches(9, MANY)
 
     async def calls() -> tuple[np.ndarray, np.ndarray, SketchServiceError]:
@@ -166,8 +160,10 @@ def test_async_client(clustered_server: RunningServer) -> None:  # noqa: F811
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT and "max_points" in error.details
 
 
-def test_a_seed_draws_the_same_sketch_served_and_sampled(client: SketchClient, clustered_model: Path) -> None:  # noqa: F811
-    """Reconstruct and ``sketchserve sample`` share one noise definition: same latent, seed and temperature, same drawing."""
+def test_a_seed_draws_the_same_sketch_served_and_sampled(client: SketchClient, clustered_model: Path) -> None:
+    """Reconstruct and ``sketchserve sample`` share one noise definition.
+
+    Same latent, seed and temperature: the same drawing."""
     import torch
 
     from sketchserve.artifact import load_artifact

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from server_fixtures import SHARED_MAX_SKETCHES, TEST_CLUSTERS, RunningServer
 
-from server_fixtures import (  # noqa: F401 - fixtures used by name
-    SHARED_MAX_SKETCHES,
-    TEST_CLUSTERS,
-    RunningServer,
-    clustered_model,
-    clustered_server,
-)
 from sketchserve import cli as dispatcher
 from sketchserve.client import cli
 
@@ -40,7 +34,7 @@ def jsonl(text: str) -> list[dict]:
 
 
 def test_encode_real_file_to_jsonl_with_progress(
-    clustered_server: RunningServer,  # noqa: F811
+    clustered_server: RunningServer,
     data_dir: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -57,7 +51,9 @@ def test_encode_real_file_to_jsonl_with_progress(
 
 
 def test_encode_npz_split_to_npy(
-    clustered_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+    clustered_server: RunningServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     rng = np.random.default_rng(0)
 
@@ -81,7 +77,9 @@ def test_encode_npz_split_to_npy(
 
 
 def test_assign_and_score(
-    clustered_server: RunningServer, data_dir: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+    clustered_server: RunningServer,
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = str(data_dir / SHORT_DRAWINGS)
     code, out, err = run(capsys, "assign", *target_args(clustered_server), "--top-k", "2", "--limit", "5", path)
@@ -96,12 +94,29 @@ def test_assign_and_score(
 
 
 def test_reconstruct_to_ndjson_and_png(
-    clustered_server: RunningServer, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+    clustered_server: RunningServer,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out, png = tmp_path / "redrawn.ndjson", tmp_path / "redrawn.png"
     code, _, err = run(
-        capsys, "reconstruct", *target_args(clustered_server), "--limit", "4", "--max-points", "20",
-        "--temperature", "0.5", "--seed", "3", "--out", str(out), "--png", str(png), str(data_dir / SHORT_DRAWINGS),
+        capsys,
+        "reconstruct",
+        *target_args(clustered_server),
+        "--limit",
+        "4",
+        "--max-points",
+        "20",
+        "--temperature",
+        "0.5",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--png",
+        str(png),
+        str(data_dir / SHORT_DRAWINGS),
     )
     assert code == 0, err
     rows = jsonl(out.read_text())
@@ -112,7 +127,9 @@ def test_reconstruct_to_ndjson_and_png(
 
 
 def test_info_and_clusters(
-    clustered_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+    clustered_server: RunningServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, out, err = run(capsys, "info", "--target", clustered_server.target)
     assert code == 0, err
@@ -137,7 +154,10 @@ def _one_line_error(result: tuple[int, str, str], command: str) -> str:
 
 
 def test_failures_are_one_line(
-    clustered_server: RunningServer, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+    clustered_server: RunningServer,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     circles = str(data_dir / SHORT_DRAWINGS)
     line = _one_line_error(run(capsys, "encode", "--target", "127.0.0.1:1", circles), "encode")

@@ -10,9 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from sketchserve.client import ClientConfig, Sampling, Sketch, SketchServiceError
+from sketchserve.client import ClientConfig, Sampling, Sketch, SketchServiceError, convert, plans
 from sketchserve.client import config as client_config
-from sketchserve.client import convert, plans
 from sketchserve.client.errors import from_rpc_error, join_stream_indices, shift_sketch_indices
 from sketchserve.pb.sketch.v1 import sketch_pb2
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from counting import counting_artifact
+
 from sketchserve.artifact import load_artifact, read_manifest, verify_checksums
-from sketchserve.strokes import drawing_from_xy, preprocess, stroke3_to_stroke5
 from sketchserve.data import iter_drawings
-from sketchserve.training.clustering import as_stroke3_list, cluster_main
+from sketchserve.strokes import drawing_from_xy, preprocess, stroke3_to_stroke5
+from sketchserve.training.clustering import cluster_main
 from sketchserve.training.encode import encode_stroke3
 from sketchserve.training.kmeans import (
     ClusterError,
@@ -24,6 +24,7 @@ from sketchserve.training.kmeans import (
     label_agreement,
     members_by_distance,
 )
+
 
 def _blobs(centers: int, per: int, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -93,7 +94,9 @@ def _fresh_copy(model: Path, tmp_path: Path) -> Path:
 
 
 def _write_ndjson(path: Path, drawings: list[list[list[list[int]]]], word: str) -> Path:
-    lines = [json.dumps({"word": word, "key_id": str(i), "recognized": True, "drawing": d}) for i, d in enumerate(drawings)]
+    lines = [
+        json.dumps({"word": word, "key_id": str(i), "recognized": True, "drawing": d}) for i, d in enumerate(drawings)
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -107,7 +110,18 @@ def test_cluster_chooses_k_writes_clusters_and_checksums(
     tiny_model: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = _fresh_copy(tiny_model, tmp_path)
-    rc = cluster_main([str(model), "--data", str(data_dir / "sketchrnn" / "face.npz"), "--split", "valid", "--k-range", "2:4", "--no-progress"])
+    rc = cluster_main(
+        [
+            str(model),
+            "--data",
+            str(data_dir / "sketchrnn" / "face.npz"),
+            "--split",
+            "valid",
+            "--k-range",
+            "2:4",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "silhouette" in out and "<- chosen" in out and "highest mean silhouette" in out
@@ -221,7 +235,9 @@ def test_train_from_cluster_fine_tunes_then_samples_new_members(
     net = SketchRNN(init.model)
     net.load_state_dict(init.state_dict)
     artifact = load_artifact(model, torch.device("cpu"))
-    sketches = [np.asarray(s, dtype=np.float32) for s in json.loads((model / "clusters.json").read_text())["exemplars"][0]]
+    sketches = [
+        np.asarray(s, dtype=np.float32) for s in json.loads((model / "clusters.json").read_text())["exemplars"][0]
+    ]
     expected = encode_stroke3(artifact, sketches, progress=False)
     with torch.inference_mode():
         x = torch.from_numpy(np.stack([stroke3_to_stroke5(s, max(len(t) for t in sketches)) for s in sketches]))
@@ -231,7 +247,10 @@ def test_train_from_cluster_fine_tunes_then_samples_new_members(
     run, out = tmp_path / "run", tmp_path / "group"
     small = [str(data_dir / "simplified" / f"{c}.ndjson") for c in ("face", "smiley face")]
     argv = ["--data", *small, "--from-cluster", f"{model}:1", "--fine-tune", "--out", str(run), "--threads", "1"]
-    assert train_main([*argv, "--max-steps", "2", "--eval-every", "2", "--checkpoint-every", "2", "--batch-size", "8"]) == 0
+    assert (
+        train_main([*argv, "--max-steps", "2", "--eval-every", "2", "--checkpoint-every", "2", "--batch-size", "8"])
+        == 0
+    )
     assert export_main([str(run), "--out", str(out)]) == 0
     manifest = read_manifest(out)
     assert manifest["data"]["filter"] == f"drawings assigned to cluster 1 of {model}"

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO_ROOT, shared_data_path
 from server_fixtures import CALL_TIMEOUT_S, random_sketches, running_server, server_config
+
 from sketchserve import data, strokes
 from sketchserve.artifact import load_artifact, read_manifest
 from sketchserve.client.convert import sketch_from_pb
@@ -25,7 +25,8 @@ from sketchserve.training.cli import export_main, train_main
 
 pytestmark = [
     pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA device (CI has none; bench/gpu_check.sh runs these on a GPU)"
+        not torch.cuda.is_available(),
+        reason="needs a CUDA device (CI has none; bench/gpu_check.sh runs these on a GPU)",
     ),
     pytest.mark.timeout(300),
 ]
@@ -38,8 +39,24 @@ BATCH_TOLERANCE = 1e-5
 SKETCHES = 64
 BIG_BATCH = 48
 TINY_TRAIN = [
-    "--enc-hidden", "16", "--dec-hidden", "32", "--latent-size", "8", "--num-mixtures", "3", "--max-seq-len", "128",
-    "--batch-size", "16", "--log-every", "5", "--threads", "1", "--device", "cuda",
+    "--enc-hidden",
+    "16",
+    "--dec-hidden",
+    "32",
+    "--latent-size",
+    "8",
+    "--num-mixtures",
+    "3",
+    "--max-seq-len",
+    "128",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "5",
+    "--threads",
+    "1",
+    "--device",
+    "cuda",
 ]
 
 
@@ -92,7 +109,10 @@ def test_training_on_cuda_exports_an_artifact_that_loads_on_the_cpu(tmp_path: Pa
     if not faces.exists():
         pytest.skip(f"real faces not found at {faces}")
     run, out = tmp_path / "run", tmp_path / "model"
-    assert train_main([*TINY_TRAIN, "--data", str(faces), "--out", str(run), "--max-steps", "30", "--eval-every", "15"]) == 0
+    assert (
+        train_main([*TINY_TRAIN, "--data", str(faces), "--out", str(run), "--max-steps", "30", "--eval-every", "15"])
+        == 0
+    )
     assert export_main([str(run), "--out", str(out)]) == 0
     artifact = load_artifact(out, torch.device("cpu"))
     assert artifact.manifest["training"]["steps"] in (15, 30)

@@ -142,8 +142,19 @@ def write_lines(path: Path, lines: list[object]) -> Path:
         ({"word": 3, "drawing": [[[0], [0]]]}, "'word' must be a string"),
     ],
     ids=[
-        "bad-json", "not-object", "no-drawing", "no-word", "xy-mismatch", "no-y", "drawing-not-list",
-        "no-strokes", "empty-stroke", "t-mismatch", "not-numbers", "bad-recognized", "bad-word",
+        "bad-json",
+        "not-object",
+        "no-drawing",
+        "no-word",
+        "xy-mismatch",
+        "no-y",
+        "drawing-not-list",
+        "no-strokes",
+        "empty-stroke",
+        "t-mismatch",
+        "not-numbers",
+        "bad-recognized",
+        "bad-word",
     ],
 )
 def test_bad_ndjson_line_names_file_and_line(tmp_path: Path, bad_line: object, message: str) -> None:

@@ -131,7 +131,9 @@ def test_random_artifact_is_reproducible_and_loads_without_project_code(tmp_path
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", code, str(a)], capture_output=True, text=True, cwd=tmp_path, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(a)], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert "torch.Size([1, 5, 5])" in done.stdout
 

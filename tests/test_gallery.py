@@ -34,10 +34,15 @@ def _cards(index: Path) -> list[tuple[int, int]]:
     return [(int(c), int(n)) for c, n in re.findall(r"<b>cluster (\d+)</b> &middot; (\d+) drawings", index.read_text())]
 
 
-def test_gallery_writes_one_image_per_cluster_and_an_index(clustered_model: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_gallery_writes_one_image_per_cluster_and_an_index(
+    clustered_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "gallery"
     faces = str(data_dir / "sketchrnn" / "face.npz")
-    assert gallery_main([str(clustered_model), "--data", faces, "--split", "test", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        gallery_main([str(clustered_model), "--data", faces, "--split", "test", "--out", str(out), "--no-progress"])
+        == 0
+    )
     doc = json.loads((clustered_model / "clusters.json").read_text())
     cards = _cards(out / "index.html")
     assert [c for c, _ in cards] == list(range(doc["k"]))

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from server_fixtures import RunningServer, shared_server, tiny_model  # noqa: F401 - fixtures used by name
+from server_fixtures import RunningServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,8 +69,14 @@ def test_encode_through_reflection_with_json(shared_server: RunningServer) -> No
 
 def test_proto_alone_is_enough(shared_server: RunningServer) -> None:
     result = _grpcurl(
-        "-import-path", str(REPO / "proto"), "-proto", "sketch/v1/sketch.proto",
-        "-d", "{}", shared_server.target, f"{SERVICE}/GetModelInfo",
+        "-import-path",
+        str(REPO / "proto"),
+        "-proto",
+        "sketch/v1/sketch.proto",
+        "-d",
+        "{}",
+        shared_server.target,
+        f"{SERVICE}/GetModelInfo",
     )
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)

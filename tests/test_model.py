@@ -9,19 +9,33 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from test_strokes import stroke3s
 from torch import nn
 
 from sketchserve.data import iter_drawings
 from sketchserve.strokes import CANONICAL_SIZE, drawing_to_stroke3, pad_stroke5, stroke3_to_drawing
-from sketchserve.training.export import script_module
 from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
-from sketchserve.training.model import (
-    REMAINING_SCALE, Decoder, Encoder, MixturePrior, SketchRNN, at_step, canonical_positions, contrastive_loss, invariance_loss,
-    normalize, oriented_strokes, remaining_inputs, reverse_within, split_params, step_losses, teacher_remaining,
-)
 from sketchserve.training.dataset import Batch, sample_views
+from sketchserve.training.export import script_module
+from sketchserve.training.model import (
+    REMAINING_SCALE,
+    Decoder,
+    Encoder,
+    MixturePrior,
+    SketchRNN,
+    at_step,
+    canonical_positions,
+    contrastive_loss,
+    invariance_loss,
+    normalize,
+    oriented_strokes,
+    remaining_inputs,
+    reverse_within,
+    split_params,
+    step_losses,
+    teacher_remaining,
+)
 from sketchserve.training.train import kl_weight_at, lr_at
-from test_strokes import stroke3s
 
 TINY = ModelConfig(enc_hidden=12, dec_hidden=16, latent_size=6, num_mixtures=3, max_seq_len=40)
 
@@ -51,7 +65,10 @@ def test_encoder_equals_a_bidirectional_lstm_over_packed_sequences() -> None:
     _, (h, _) = bi(packed)
     xn = normalize(x, enc.scale)
     ours = torch.cat(
-        [at_step(enc.forward_lstm(xn)[0], lengths - 1), at_step(enc.backward_lstm(reverse_within(xn, lengths))[0], lengths - 1)],
+        [
+            at_step(enc.forward_lstm(xn)[0], lengths - 1),
+            at_step(enc.backward_lstm(reverse_within(xn, lengths))[0], lengths - 1),
+        ],
         dim=-1,
     )
     assert torch.allclose(torch.cat([h[0], h[1]], dim=-1), ours, atol=1e-6)
@@ -172,12 +189,16 @@ def test_input_dropout_acts_only_in_training() -> None:
     model.set_scale(20.0)
     x, lengths, z = random_stroke5(3, 10), torch.tensor([10, 4, 7]), torch.randn(3, TINY.latent_size)
     model.train()
-    assert not torch.equal(model.decoder.teacher_losses(z, x, lengths).offset, model.decoder.teacher_losses(z, x, lengths).offset)
+    assert not torch.equal(
+        model.decoder.teacher_losses(z, x, lengths).offset, model.decoder.teacher_losses(z, x, lengths).offset
+    )
     model.eval()
     plain = SketchRNN(TINY)
     plain.load_state_dict(model.state_dict())
     plain.eval()
-    assert torch.equal(model.decoder.teacher_losses(z, x, lengths).offset, plain.decoder.teacher_losses(z, x, lengths).offset)
+    assert torch.equal(
+        model.decoder.teacher_losses(z, x, lengths).offset, plain.decoder.teacher_losses(z, x, lengths).offset
+    )
     with pytest.raises(ConfigError, match="input_dropout must be in"):
         ModelConfig(input_dropout=1.0).validate()
 
@@ -226,7 +247,9 @@ def test_contrastive_loss_rewards_matching_views_and_is_log_b_for_uninformative_
     assert contrastive_loss(a, torch.randn(16, 6), 0.1).item() > 1.0
     same = torch.ones(16, 6)
     assert math.isclose(contrastive_loss(same, same, 0.1).item(), math.log(16), rel_tol=1e-5)
-    assert math.isclose(contrastive_loss(a, a.flip(0), 0.5).item(), contrastive_loss(a.flip(0), a, 0.5).item(), rel_tol=1e-5)
+    assert math.isclose(
+        contrastive_loss(a, a.flip(0), 0.5).item(), contrastive_loss(a.flip(0), a, 0.5).item(), rel_tol=1e-5
+    )
 
 
 def test_invariance_loss_is_scale_free_zero_for_equal_views_and_about_two_for_unrelated_ones() -> None:
@@ -255,8 +278,13 @@ def test_a_second_view_adds_a_contrastive_term_with_encoder_gradients_only_there
 
 def test_contrastive_views_are_distinct_sketches_augmented_twice() -> None:
     sketches = [np.array([[i + 1.0, 2.0, 0.0], [3.0, 4.0, 0.0], [5.0, -1.0, 0.0], [2.0, 2.0, 1.0]]) for i in range(10)]
-    still = TrainConfig(contrastive_weight=1.0, random_scale_factor=0.0, augment_stroke_prob=0.0, view_scale_factor=0.0,
-                        view_drop_prob=0.0)
+    still = TrainConfig(
+        contrastive_weight=1.0,
+        random_scale_factor=0.0,
+        augment_stroke_prob=0.0,
+        view_scale_factor=0.0,
+        view_drop_prob=0.0,
+    )
     batch, view = sample_views(sketches, 10, np.random.default_rng(0), still)
     assert view is not None and torch.equal(batch.x, view.x)
     assert sorted(batch.x[:, 0, 0].tolist()) == [float(i + 1) for i in range(10)]  # no sketch twice
@@ -264,8 +292,12 @@ def test_contrastive_views_are_distinct_sketches_augmented_twice() -> None:
     assert view is not None and not torch.equal(batch.x, view.x)
     assert sample_views(sketches, 4, np.random.default_rng(0), TrainConfig()).view is None
     assert sample_views(sketches, 4, np.random.default_rng(0), TrainConfig(invariance_weight=0.5)).view is not None
-    for field, value, rule in (("contrastive_weight", -1.0, ">= 0"), ("invariance_weight", -0.1, ">= 0"), ("contrastive_temperature", 0.0, "> 0"),
-                               ("view_drop_prob", 1.0, "in \\[0, 1\\)")):
+    for field, value, rule in (
+        ("contrastive_weight", -1.0, ">= 0"),
+        ("invariance_weight", -0.1, ">= 0"),
+        ("contrastive_temperature", 0.0, "> 0"),
+        ("view_drop_prob", 1.0, "in \\[0, 1\\)"),
+    ):
         with pytest.raises(ConfigError, match=f"{field} must be {rule}"):
             TrainConfig(**{field: value}).validate()
 
@@ -342,15 +374,21 @@ def test_oriented_encoder_reads_real_drawings_the_same_whichever_way_each_stroke
     oriented_a = oriented_strokes(torch.from_numpy(a.x), lengths)
     oriented_b = oriented_strokes(torch.from_numpy(b.x), lengths)
     assert torch.allclose(oriented_a, oriented_b, atol=1e-3)
-    cfg = ModelConfig(**{**TINY.__dict__, "encoder_strokes": "oriented", "encoder_input": "offsets+positions"}).validate()
+    cfg = ModelConfig(
+        **{**TINY.__dict__, "encoder_strokes": "oriented", "encoder_input": "offsets+positions"}
+    ).validate()
     enc = Encoder(cfg).eval()
     enc.scale.fill_(20.0)
     scripted = script_module(enc)
     mu_a, _ = scripted(torch.from_numpy(a.x), lengths)
     mu_b, _ = scripted(torch.from_numpy(b.x), lengths)
-    assert torch.allclose(mu_a, mu_b, atol=1e-5) and torch.allclose(mu_a, enc(torch.from_numpy(a.x), lengths)[0], atol=1e-5)
+    assert torch.allclose(mu_a, mu_b, atol=1e-5) and torch.allclose(
+        mu_a, enc(torch.from_numpy(a.x), lengths)[0], atol=1e-5
+    )
     plain = Encoder(ModelConfig(**{**cfg.__dict__, "encoder_strokes": "drawn"})).eval()
     plain.load_state_dict(enc.state_dict())
-    assert not torch.allclose(plain(torch.from_numpy(a.x), lengths)[0], plain(torch.from_numpy(b.x), lengths)[0], atol=1e-3)
+    assert not torch.allclose(
+        plain(torch.from_numpy(a.x), lengths)[0], plain(torch.from_numpy(b.x), lengths)[0], atol=1e-3
+    )
     with pytest.raises(ConfigError, match="encoder_strokes must be one of"):
         ModelConfig(encoder_strokes="sorted").validate()

@@ -12,21 +12,16 @@ import pytest
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-
-from server_fixtures import (  # noqa: F401 - fixtures used by name
+from server_fixtures import (
     CALL_TIMEOUT_S,
     SHARED_MAX_SKETCHES,
     TEST_CLUSTERS,
     RunningServer,
-    clustered_model,
-    clustered_server,
-    random_sketch,
     random_sketches,
     running_server,
     server_config,
-    shared_server,
-    tiny_model,
 )
+
 from sketchserve.pb.sketch.v1 import sketch_pb2
 
 pytestmark = pytest.mark.timeout(120)
@@ -63,7 +58,9 @@ def test_encode_does_not_depend_on_position_or_scale(shared_server: RunningServe
     moved = sketch_pb2.Sketch()
     for stroke in sketch.strokes:
         moved.strokes.add(x=[3.0 * v + 1000.0 for v in stroke.x], y=[3.0 * v - 77.0 for v in stroke.y])
-    np.testing.assert_allclose(mus(encode(shared_server, [sketch])), mus(encode(shared_server, [moved])), atol=MU_TOLERANCE)
+    np.testing.assert_allclose(
+        mus(encode(shared_server, [sketch])), mus(encode(shared_server, [moved])), atol=MU_TOLERANCE
+    )
 
 
 def test_encode_real_quickdraw_drawings(shared_server: RunningServer, data_dir: Path) -> None:
@@ -92,7 +89,8 @@ def test_concurrent_calls_coalesce_with_identical_results(shared_server: Running
     size_one = shared_server.metric("sketchserve_batch_size_bucket", batcher="encode", le="1.0")
     batches = shared_server.metric("sketchserve_batch_size_count", batcher="encode")
     futures = [
-        shared_server.stub.Encode.future(sketch_pb2.EncodeRequest(sketches=[s]), timeout=CALL_TIMEOUT_S) for s in sketches
+        shared_server.stub.Encode.future(sketch_pb2.EncodeRequest(sketches=[s]), timeout=CALL_TIMEOUT_S)
+        for s in sketches
     ]
     together = np.concatenate([mus(f.result()) for f in futures])
     new_batches = shared_server.metric("sketchserve_batch_size_count", batcher="encode") - batches
@@ -113,14 +111,18 @@ def test_assign_returns_nearest_centroids(clustered_server: RunningServer) -> No
     clusters = clustered_server.stub.ListClusters(sketch_pb2.ListClustersRequest(), timeout=CALL_TIMEOUT_S).clusters
     centroids = np.array([list(c.centroid) for c in clusters])
     distances = np.linalg.norm(mu[:, None, :] - centroids[None], axis=-1)
-    response = clustered_server.stub.Assign(sketch_pb2.AssignRequest(sketches=sketches, top_k=2), timeout=CALL_TIMEOUT_S)
+    response = clustered_server.stub.Assign(
+        sketch_pb2.AssignRequest(sketches=sketches, top_k=2), timeout=CALL_TIMEOUT_S
+    )
     for row, assignment in enumerate(response.assignments):
         assert assignment.cluster == int(np.argmin(distances[row]))
         assert assignment.distance == pytest.approx(distances[row].min(), rel=1e-4)
         assert [n.cluster for n in assignment.nearest] == list(np.argsort(distances[row])[:2])
     default_k = clustered_server.stub.Assign(sketch_pb2.AssignRequest(sketches=sketches[:1]), timeout=CALL_TIMEOUT_S)
     assert len(default_k.assignments[0].nearest) == 1
-    capped = clustered_server.stub.Assign(sketch_pb2.AssignRequest(sketches=sketches[:1], top_k=99), timeout=CALL_TIMEOUT_S)
+    capped = clustered_server.stub.Assign(
+        sketch_pb2.AssignRequest(sketches=sketches[:1], top_k=99), timeout=CALL_TIMEOUT_S
+    )
     assert len(capped.assignments[0].nearest) == TEST_CLUSTERS
 
 
@@ -139,7 +141,9 @@ def test_list_clusters_returns_exemplars_and_prototypes(clustered_server: Runnin
 @pytest.mark.parametrize("method", ["Assign", "ListClusters"])
 def test_cluster_calls_without_clusters_fail_precondition(shared_server: RunningServer, method: str) -> None:
     request = (
-        sketch_pb2.AssignRequest(sketches=random_sketches(6, 1)) if method == "Assign" else sketch_pb2.ListClustersRequest()
+        sketch_pb2.AssignRequest(sketches=random_sketches(6, 1))
+        if method == "Assign"
+        else sketch_pb2.ListClustersRequest()
     )
     with pytest.raises(grpc.RpcError) as caught:
         getattr(shared_server.stub, method)(request, timeout=CALL_TIMEOUT_S)
@@ -200,7 +204,9 @@ def test_reconstruct_does_not_depend_on_the_batch(shared_server: RunningServer) 
 
 def test_greedy_reconstruction_ignores_the_seed(shared_server: RunningServer) -> None:
     latents = [sketch_pb2.Embedding(mu=e.mu) for e in encode(shared_server, random_sketches(12, 2)).embeddings]
-    first, second = (reconstruct(shared_server, latents=latents, temperature=0.0, seed=s, max_points=12) for s in (1, 2))
+    first, second = (
+        reconstruct(shared_server, latents=latents, temperature=0.0, seed=s, max_points=12) for s in (1, 2)
+    )
     assert_same_drawings(first, second)
 
 
@@ -219,7 +225,9 @@ def test_score_reports_nll_and_kl(shared_server: RunningServer) -> None:
 def test_encode_stream_answers_in_order(shared_server: RunningServer) -> None:
     batches = [random_sketches(20 + i, i + 1) for i in range(6)]
     responses = list(
-        shared_server.stub.EncodeStream(iter([sketch_pb2.EncodeRequest(sketches=b) for b in batches]), timeout=CALL_TIMEOUT_S)
+        shared_server.stub.EncodeStream(
+            iter([sketch_pb2.EncodeRequest(sketches=b) for b in batches]), timeout=CALL_TIMEOUT_S
+        )
     )
     assert [len(r.embeddings) for r in responses] == [1, 2, 3, 4, 5, 6]
     for batch, response in zip(batches, responses):
@@ -295,4 +303,6 @@ def test_a_length_conditioned_model_redraws_each_sketch_at_its_own_point_count(t
     counts = torch.tensor([len(preprocess(sketch_from_pb(s).strokes)) for s in sketches])
     assert_same_drawings(from_sketches, expected(counts))
     assert_same_drawings(from_latents, expected(None))
-    assert [flat_points(s).tolist() for s in from_sketches.sketches] != [flat_points(s).tolist() for s in from_latents.sketches]
+    assert [flat_points(s).tolist() for s in from_sketches.sketches] != [
+        flat_points(s).tolist() for s in from_latents.sketches
+    ]

@@ -9,16 +9,14 @@ import math
 import grpc
 import numpy as np
 import pytest
-
-from server_fixtures import (  # noqa: F401 - fixtures used by name
+from server_fixtures import (
     CALL_TIMEOUT_S,
     SHARED_MAX_MESSAGE_BYTES,
     SHARED_MAX_SKETCHES,
     RunningServer,
     random_sketches,
-    shared_server,
-    tiny_model,
 )
+
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.batching import DeadlineDropped, QueueFull
 from sketchserve.server.errors import INTERNAL_MESSAGE, InvalidRequest, StatusInterceptor, map_exception
@@ -54,12 +52,27 @@ def with_good(*bad: sketch_pb2.Sketch) -> list[sketch_pb2.Sketch]:
 
 ENCODE_CASES = {
     "empty request": ([], "sketches: empty request: no sketches given"),
-    "too many sketches": ([GOOD] * (SHARED_MAX_SKETCHES + 1), f"sketches: {SHARED_MAX_SKETCHES + 1} sketches in one request, at most {SHARED_MAX_SKETCHES}"),
+    "too many sketches": (
+        [GOOD] * (SHARED_MAX_SKETCHES + 1),
+        f"sketches: {SHARED_MAX_SKETCHES + 1} sketches in one request, at most {SHARED_MAX_SKETCHES}",
+    ),
     "empty sketch": (with_good(sketch()), "sketches[3].strokes: drawing has no strokes"),
-    "empty stroke": (with_good(sketch(stroke([1], [1]), stroke([], []))), "sketches[3].strokes[1]: stroke has no points"),
-    "x/y mismatch": (with_good(sketch(stroke([1], [1]), stroke([1, 2, 3, 4, 5], [1, 2, 3, 4]))), "sketches[3].strokes[1].y: has 4 values but x has 5"),
-    "NaN": (with_good(sketch(stroke([1, math.nan], [1, 2]))), "sketches[3].strokes[0].x: value nan at point 1 is not finite"),
-    "infinity": (with_good(sketch(stroke([1, 2], [1, math.inf]))), "sketches[3].strokes[0].y: value inf at point 1 is not finite"),
+    "empty stroke": (
+        with_good(sketch(stroke([1], [1]), stroke([], []))),
+        "sketches[3].strokes[1]: stroke has no points",
+    ),
+    "x/y mismatch": (
+        with_good(sketch(stroke([1], [1]), stroke([1, 2, 3, 4, 5], [1, 2, 3, 4]))),
+        "sketches[3].strokes[1].y: has 4 values but x has 5",
+    ),
+    "NaN": (
+        with_good(sketch(stroke([1, math.nan], [1, 2]))),
+        "sketches[3].strokes[0].x: value nan at point 1 is not finite",
+    ),
+    "infinity": (
+        with_good(sketch(stroke([1, 2], [1, math.inf]))),
+        "sketches[3].strokes[0].y: value inf at point 1 is not finite",
+    ),
     "id echoed": (with_good(sketch(sketch_id="cat-7")), "sketches[3].strokes (id 'cat-7'): drawing has no strokes"),
 }
 
@@ -76,13 +89,18 @@ def test_encode_rejects_bad_input(shared_server: RunningServer, case: str) -> No
             getattr(shared_server.stub, method)(request, timeout=CALL_TIMEOUT_S)
         assert caught.value.code() == INVALID, method
         assert caught.value.details().startswith(message), method
-    assert len(shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=[GOOD]), timeout=CALL_TIMEOUT_S).embeddings) == 1
+    assert (
+        len(shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=[GOOD]), timeout=CALL_TIMEOUT_S).embeddings)
+        == 1
+    )
 
 
 def test_too_many_points_after_simplification(shared_server: RunningServer) -> None:
     max_points = shared_server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest()).max_points
     with pytest.raises(grpc.RpcError) as caught:
-        shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=with_good(zigzag(max_points + 50))), timeout=CALL_TIMEOUT_S)
+        shared_server.stub.Encode(
+            sketch_pb2.EncodeRequest(sketches=with_good(zigzag(max_points + 50))), timeout=CALL_TIMEOUT_S
+        )
     assert caught.value.code() == INVALID
     assert caught.value.details().startswith("sketches[3]: ")
     assert caught.value.details().endswith(f"points after simplification, the model accepts at most {max_points}")
@@ -103,15 +121,30 @@ def latent(size: int, value: float = 0.1) -> sketch_pb2.Embedding:
 def reconstruct_cases(latent_size: int, max_points: int) -> dict[str, tuple[sketch_pb2.ReconstructRequest, str]]:
     ok = [latent(latent_size)]
     return {
-        "both inputs": (sketch_pb2.ReconstructRequest(sketches=[GOOD], latents=ok), "latents: give either sketches or latents"),
+        "both inputs": (
+            sketch_pb2.ReconstructRequest(sketches=[GOOD], latents=ok),
+            "latents: give either sketches or latents",
+        ),
         "no input": (sketch_pb2.ReconstructRequest(), "sketches: empty request"),
-        "latent size": (sketch_pb2.ReconstructRequest(latents=ok + [latent(latent_size + 1)]), f"latents[1].mu: has {latent_size + 1} values"),
-        "latent NaN": (sketch_pb2.ReconstructRequest(latents=[latent(latent_size, math.nan)]), "latents[0].mu: holds NaN"),
-        "too many latents": (sketch_pb2.ReconstructRequest(latents=ok * (SHARED_MAX_SKETCHES + 1)), "latents: 17 latents in one request"),
+        "latent size": (
+            sketch_pb2.ReconstructRequest(latents=ok + [latent(latent_size + 1)]),
+            f"latents[1].mu: has {latent_size + 1} values",
+        ),
+        "latent NaN": (
+            sketch_pb2.ReconstructRequest(latents=[latent(latent_size, math.nan)]),
+            "latents[0].mu: holds NaN",
+        ),
+        "too many latents": (
+            sketch_pb2.ReconstructRequest(latents=ok * (SHARED_MAX_SKETCHES + 1)),
+            "latents: 17 latents in one request",
+        ),
         "hot": (sketch_pb2.ReconstructRequest(latents=ok, temperature=2.5), "temperature: 2.5 is outside [0, 2]"),
         "cold": (sketch_pb2.ReconstructRequest(latents=ok, temperature=-0.1), "temperature: "),
         "NaN temperature": (sketch_pb2.ReconstructRequest(latents=ok, temperature=math.nan), "temperature: nan"),
-        "max_points": (sketch_pb2.ReconstructRequest(latents=ok, max_points=max_points + 1), f"max_points: {max_points + 1} exceeds"),
+        "max_points": (
+            sketch_pb2.ReconstructRequest(latents=ok, max_points=max_points + 1),
+            f"max_points: {max_points + 1} exceeds",
+        ),
     }
 
 
@@ -189,10 +222,10 @@ def test_unexpected_errors_are_internal_and_logged(caplog: pytest.LogCaptureFixt
 
 def test_no_input_wedges_the_server(shared_server: RunningServer) -> None:
     rng = np.random.default_rng(0)
-    garbage = [
-        sketch(stroke(rng.normal(size=n).tolist(), rng.normal(size=n).tolist()))
-        for n in (1, 2, 3)
-    ] + [sketch(stroke([0.0], [0.0]), stroke([0.0], [0.0])), sketch(stroke([1e30, -1e30], [1e-30, 3.0]))]
+    garbage = [sketch(stroke(rng.normal(size=n).tolist(), rng.normal(size=n).tolist())) for n in (1, 2, 3)] + [
+        sketch(stroke([0.0], [0.0]), stroke([0.0], [0.0])),
+        sketch(stroke([1e30, -1e30], [1e-30, 3.0])),
+    ]
     response = shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=garbage), timeout=CALL_TIMEOUT_S)
     assert np.isfinite([list(e.mu) for e in response.embeddings]).all()
     assert len(shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=random_sketches(1, 2))).embeddings) == 2

@@ -16,15 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_fixtures import CALL_TIMEOUT_S, RunningServer, random_sketches, running_server, server_config
 
-from server_fixtures import (  # noqa: F401 - fixtures used by name
-    CALL_TIMEOUT_S,
-    RunningServer,
-    random_sketches,
-    running_server,
-    server_config,
-    tiny_model,
-)
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.main import serve
 
@@ -73,7 +66,10 @@ def test_health_is_not_serving_until_warm_and_while_draining(tiny_model: Path) -
 def slow_server(tiny_model: Path) -> Iterator[RunningServer]:
     """Batches of 8 that otherwise wait SLOW_FLUSH_MS; a queue of 8."""
     cfg = server_config(
-        tiny_model, max_batch_size=SLOW_QUEUE, max_queue=SLOW_QUEUE, max_sketches_per_request=SLOW_QUEUE,
+        tiny_model,
+        max_batch_size=SLOW_QUEUE,
+        max_queue=SLOW_QUEUE,
+        max_sketches_per_request=SLOW_QUEUE,
         max_delay_ms=SLOW_FLUSH_MS,
     )
     with running_server(cfg) as server:
@@ -109,7 +105,9 @@ def test_a_call_whose_deadline_passes_while_queued_costs_no_compute(slow_server:
 def test_a_full_queue_fails_fast_with_resource_exhausted(slow_server: RunningServer) -> None:
     """5 + 4 sketches do not fit a queue of 8: whichever call comes second is refused at once."""
     sizes = (5, 4)
-    futures = [slow_server.stub.Encode.future(encode_request(3 + i, n), timeout=CALL_TIMEOUT_S) for i, n in enumerate(sizes)]
+    futures = [
+        slow_server.stub.Encode.future(encode_request(3 + i, n), timeout=CALL_TIMEOUT_S) for i, n in enumerate(sizes)
+    ]
     served, refused = [], []
     for size, future in zip(sizes, futures):
         try:
@@ -122,7 +120,9 @@ def test_a_full_queue_fails_fast_with_resource_exhausted(slow_server: RunningSer
     assert len(served) == 1 and len(refused) == 1
 
 
-def test_startup_fails_cleanly_on_a_corrupt_artifact(tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_startup_fails_cleanly_on_a_corrupt_artifact(
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
     with (broken / "encoder.pt").open("ab") as handle:
@@ -149,9 +149,28 @@ def read_until(stream, pattern: re.Pattern[str], count: int = 1) -> re.Match[str
 
 def test_sigterm_finishes_every_accepted_call_and_exits_zero(tiny_model: Path) -> None:
     command = [
-        sys.executable, "-m", "sketchserve.cli", "serve", "--model", str(tiny_model), "--host", "127.0.0.1",
-        "--port", "0", "--metrics-port", "-1", "--torch-threads", "1", "--max-batch-size", "64",
-        "--max-delay-ms", "1000", "--log-level", "DEBUG", "--grace-seconds", "30",
+        sys.executable,
+        "-m",
+        "sketchserve.cli",
+        "serve",
+        "--model",
+        str(tiny_model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "-1",
+        "--torch-threads",
+        "1",
+        "--max-batch-size",
+        "64",
+        "--max-delay-ms",
+        "1000",
+        "--log-level",
+        "DEBUG",
+        "--grace-seconds",
+        "30",
     ]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
@@ -162,7 +181,9 @@ def test_sigterm_finishes_every_accepted_call_and_exits_zero(tiny_model: Path) -
             requests.put(encode_request(10, 2))
             stream = stub.EncodeStream(iter(requests.get, None), timeout=CALL_TIMEOUT_S)
             assert len(next(stream).embeddings) == 2
-            unary = [stub.Encode.future(encode_request(11 + i, 1), timeout=CALL_TIMEOUT_S) for i in range(IN_FLIGHT_CALLS)]
+            unary = [
+                stub.Encode.future(encode_request(11 + i, 1), timeout=CALL_TIMEOUT_S) for i in range(IN_FLIGHT_CALLS)
+            ]
             read_until(proc.stderr, re.compile(r"event=\"call accepted\" method=Encode\b"), IN_FLIGHT_CALLS)
             proc.send_signal(signal.SIGTERM)
             read_until(proc.stderr, re.compile(r"event=draining"))

@@ -121,7 +121,9 @@ def test_single_point_strokes_in_the_middle_keep_their_pen_lift() -> None:
     st.tuples(st.integers(-5000, 5000), st.integers(-5000, 5000)),
     st.sampled_from([0.3, 3.0, 0.01, 7.25]),
 )
-def test_canonical_form_ignores_position_and_size(drawing: strokes.Drawing, shift: tuple[int, int], scale: float) -> None:
+def test_canonical_form_ignores_position_and_size(
+    drawing: strokes.Drawing, shift: tuple[int, int], scale: float
+) -> None:
     reference = strokes.preprocess(drawing)
     for moved in (
         [s + np.array(shift) for s in drawing],
@@ -324,6 +326,7 @@ def test_drop_strokes_keeps_some_strokes_in_order_where_they_were(s3: np.ndarray
     original = strokes.stroke3_to_drawing(s3)
     kept = strokes.stroke3_to_drawing(out)
     assert 1 <= len(kept) <= len(original) and (prob > 0.0 or len(kept) == len(original))
+
     # Some original stroke, moved, is the first kept one; the same move takes the rest onto later originals.
     # (A dot that becomes the first stroke comes back as two equal points: stroke-3's first-dot rule.)
     def same(o: np.ndarray, k: np.ndarray) -> bool:

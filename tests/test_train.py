@@ -17,8 +17,22 @@ from sketchserve.training.checkpoint import BEST, CHECKPOINT, load_checkpoint
 from sketchserve.training.cli import export_main, sample_main, train_main
 
 TINY_FLAGS = [
-    "--enc-hidden", "16", "--dec-hidden", "32", "--latent-size", "8", "--num-mixtures", "3",
-    "--max-seq-len", "128", "--batch-size", "16", "--log-every", "5", "--threads", "1",
+    "--enc-hidden",
+    "16",
+    "--dec-hidden",
+    "32",
+    "--latent-size",
+    "8",
+    "--num-mixtures",
+    "3",
+    "--max-seq-len",
+    "128",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "5",
+    "--threads",
+    "1",
 ]
 
 
@@ -115,13 +129,19 @@ def test_cli_errors_are_one_clear_line(capsys: pytest.CaptureFixture[str], tmp_p
 def test_cli_error_from_a_real_process_has_no_traceback(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "sketchserve.cli", "train", "--data", str(tmp_path / "missing.ndjson")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"sketchserve train: error: {tmp_path / 'missing.ndjson'}: no such file or directory"]
+    assert done.stderr.strip().splitlines() == [
+        f"sketchserve train: error: {tmp_path / 'missing.ndjson'}: no such file or directory"
+    ]
 
 
-def test_dry_run_reports_speed_and_writes_nothing(faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_reports_speed_and_writes_nothing(
+    faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "dry"
     assert train_main([*TINY_FLAGS, "--data", str(faces), "--out", str(run), "--dry-run", "--max-minutes", "1"]) == 0
     assert "steps/s" in capsys.readouterr().out and not run.exists()
@@ -140,8 +160,19 @@ def test_model_card_figures(trained: Path, faces: Path, tmp_path: Path) -> None:
 def test_sigterm_stops_after_a_step_with_a_checkpoint_that_resumes(faces: Path, tmp_path: Path) -> None:
     run = tmp_path / "stopped"
     command = [
-        sys.executable, "-m", "sketchserve.cli", "train", *TINY_FLAGS,
-        "--data", str(faces), "--out", str(run), "--max-steps", "100000", "--eval-every", "1",
+        sys.executable,
+        "-m",
+        "sketchserve.cli",
+        "train",
+        *TINY_FLAGS,
+        "--data",
+        str(faces),
+        "--out",
+        str(run),
+        "--max-steps",
+        "100000",
+        "--eval-every",
+        "1",
     ]
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as proc:
         assert proc.stderr is not None
@@ -181,7 +212,9 @@ def test_init_from_adds_a_mixture_prior_started_by_kmeans_on_the_training_codes(
     assert export_main([str(trained), "--out", str(base), "--checkpoint", "last"]) == 0
     run = tmp_path / "vade"
     common = ["--data", str(faces), "--out", str(run), "--init-from", str(base), "--prior-components", "3"]
-    train([*common, "--max-steps", "1", "--eval-every", "1", "--learning-rate", "1e-12", "--min-lr", "0", "--seed", "3"])
+    train(
+        [*common, "--max-steps", "1", "--eval-every", "1", "--learning-rate", "1e-12", "--min-lr", "0", "--seed", "3"]
+    )
     ckpt = load_checkpoint(run / CHECKPOINT)
     assert ckpt["model_config"]["prior_components"] == 3 and ckpt["model_config"]["dec_hidden"] == 32
     train_split = load_dataset([faces], None, 128).train
@@ -191,7 +224,9 @@ def test_init_from_adds_a_mixture_prior_started_by_kmeans_on_the_training_codes(
     order = [int(np.argmin(((fit.centroids - m) ** 2).sum(1))) for m in means]
     assert sorted(order) == [0, 1, 2]
     np.testing.assert_allclose(means, fit.centroids[order], atol=1e-4)
-    np.testing.assert_allclose(torch.softmax(ckpt["model"]["prior.logits"], 0).numpy(), np.array(fit.sizes)[order] / len(codes), atol=1e-4)
+    np.testing.assert_allclose(
+        torch.softmax(ckpt["model"]["prior.logits"], 0).numpy(), np.array(fit.sizes)[order] / len(codes), atol=1e-4
+    )
     assert train_main([*TINY_FLAGS, *common, "--fine-tune", "--from-cluster", f"{base}:0"]) == 2
     assert "not both" in capsys.readouterr().err
     one_error_line(capsys, train_main([*TINY_FLAGS, *common, "--latent-size", "4"]), str(base), "do not fit this model")

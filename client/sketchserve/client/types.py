@@ -14,7 +14,6 @@ import numpy as np
 
 from sketchserve import strokes
 
-
 STROKE3_COLUMNS = 3
 
 

@@ -3,7 +3,8 @@
 Three batchers, each with its own worker thread: preprocessing, encoding and
 decoding. Canonical preprocessing (``preprocess_many``) is batched too: one
 call for 30 drawings costs a fraction of 30 calls, and on its own thread it
-overlaps the model instead of queueing behind it. The decode batcher runs two kinds of work, each its own batch group: sampling at one
+overlaps the model instead of queueing behind it. The decode batcher runs two
+kinds of work, each its own batch group: sampling at one
 temperature (``("sample", temperature)``: the decoder takes one temperature per
 call) and teacher-forced likelihood (``("nll",)``) for scoring. The batch
 functions here run on the batchers' worker threads.
@@ -18,17 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sketchserve.artifact import NOISE_CHANNELS, sketch_noise, sketch_seed
 from sketchserve.server.batching import Batcher, BatchItem, BatchObserver
 from sketchserve.server.config import ServerConfig
+from sketchserve.server.model import SketchModel, Stroke5Batch, kl_divergence
 from sketchserve.server.results import Encoded, SketchScore, SketchTooLong
-from sketchserve.server.model import (
-    NOISE_CHANNELS,
-    SketchModel,
-    Stroke5Batch,
-    kl_divergence,
-    sketch_noise,
-    sketch_seed,
-)
 from sketchserve.strokes import Drawing, pad_stroke5, preprocess_many, stroke5_to_stroke3
 
 PREPROCESS = "preprocess"
@@ -59,23 +54,35 @@ def collate_stroke3(sketches: Sequence[np.ndarray]) -> Stroke5Batch:
 
 
 class SketchEngine:
-    """Owns the model and its two batchers; safe to call from one asyncio event loop."""
+    """Owns the model and its three batchers; safe to call from one asyncio event loop."""
 
     def __init__(self, model: SketchModel, cfg: ServerConfig, observer: BatchObserver | None = None) -> None:
         self.model = model
         self.spec = model.spec
         delay_s = cfg.max_delay_ms / 1000.0
         self.preprocessor = Batcher(
-            PREPROCESS, self._preprocess_batch, max_batch_size=cfg.max_batch_size, max_delay_s=delay_s,
-            max_queue=cfg.max_queue, observer=observer,
+            PREPROCESS,
+            self._preprocess_batch,
+            max_batch_size=cfg.max_batch_size,
+            max_delay_s=delay_s,
+            max_queue=cfg.max_queue,
+            observer=observer,
         )
         self.encoder = Batcher(
-            ENCODE, self._encode_batch, max_batch_size=cfg.max_batch_size, max_delay_s=delay_s,
-            max_queue=cfg.max_queue, observer=observer,
+            ENCODE,
+            self._encode_batch,
+            max_batch_size=cfg.max_batch_size,
+            max_delay_s=delay_s,
+            max_queue=cfg.max_queue,
+            observer=observer,
         )
         self.decoder = Batcher(
-            DECODE, self._decode_batch, max_batch_size=cfg.max_batch_size, max_delay_s=delay_s,
-            max_queue=cfg.max_queue, observer=observer,
+            DECODE,
+            self._decode_batch,
+            max_batch_size=cfg.max_batch_size,
+            max_delay_s=delay_s,
+            max_queue=cfg.max_queue,
+            observer=observer,
         )
 
     @property
@@ -128,7 +135,9 @@ class SketchEngine:
         group = (SAMPLE, float(temperature))
         goals = [0] * len(latents) if targets is None else [int(t) for t in targets]
         items = [
-            BatchItem(_SampleJob(np.asarray(z, dtype=np.float32), sketch_seed(seed, i), max_points, goal), max_points, group)
+            BatchItem(
+                _SampleJob(np.asarray(z, dtype=np.float32), sketch_seed(seed, i), max_points, goal), max_points, group
+            )
             for i, (z, goal) in enumerate(zip(latents, goals))
         ]
         return await self.decoder.submit(items, timeout=timeout)
@@ -172,6 +181,4 @@ class SketchEngine:
         samples = self.model.sample(z, noise, temperature, targets)
         strokes5 = samples.strokes5.numpy()
         lengths = samples.lengths.tolist()
-        return [
-            stroke5_to_stroke3(strokes5[i, : min(int(lengths[i]), job.max_points)]) for i, job in enumerate(jobs)
-        ]
+        return [stroke5_to_stroke3(strokes5[i, : min(int(lengths[i]), job.max_points)]) for i, job in enumerate(jobs)]

@@ -1,9 +1,9 @@
 """The typed sketchserve client (base install: grpcio, protobuf, numpy; no torch).
 
-    from sketchserve.client import SketchClient
+from sketchserve.client import SketchClient
 
-    with SketchClient("localhost:50051") as client:
-        codes = client.encode([stroke3_array, drawing]).mu
+with SketchClient("localhost:50051") as client:
+    codes = client.encode([stroke3_array, drawing]).mu
 """
 
 from sketchserve.client.aio import AsyncSketchClient

@@ -44,7 +44,7 @@ def base_manifest(model: SketchRNN, cfg: ModelConfig, train_cfg: TrainConfig | N
         "format_version": 1,
         "name": "sketch-rnn",
         "version": "0",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "latent_size": cfg.latent_size,
         "max_seq_len": cfg.max_seq_len,

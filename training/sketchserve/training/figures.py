@@ -33,7 +33,9 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return (np.sin((1.0 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
 
 
-def make_figures(model_dir: Path, data: Path, split: str, out_dir: Path, prefix: str, pair: tuple[int, int]) -> list[Path]:
+def make_figures(
+    model_dir: Path, data: Path, split: str, out_dir: Path, prefix: str, pair: tuple[int, int]
+) -> list[Path]:
     artifact = load_artifact(model_dir)
     max_len = int(artifact.manifest["max_seq_len"])
     sketches = [r.stroke3 for r in iter_drawings([data], split=split) if 0 < len(r.stroke3) <= max_len]

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 
 from sketchserve.client.types import Cluster, ModelInfo, Sketch
 from sketchserve.pb.sketch.v1 import sketch_pb2
 
-SketchInput = Union[Sketch, np.ndarray, Sequence[np.ndarray]]
+SketchInput = Sketch | np.ndarray | Sequence[np.ndarray]
 
 STROKE3_COLUMNS = 3
 POINT_COLUMNS = 2

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from sketchserve.artifact import NOISE_CHANNELS, load_artifact, sample_decoder, sketch_noise, sketch_seed
+from sketchserve.artifact import NOISE_CHANNELS, load_artifact, sample_decoder
 
 log = logging.getLogger(__name__)
 

@@ -136,7 +136,9 @@ def choose_k(codes: np.ndarray, ks: Sequence[int], *, random_state: int, n_init:
     if not usable:
         raise ClusterError(f"no k in {min(ks)}..{max(ks)} fits {codes.shape[0]} drawings (need 2 <= k <= drawings)")
     fits = [fit_kmeans(codes, k, random_state=random_state, n_init=n_init) for k in usable]
-    scores = [KScore(k, silhouette(codes, f.labels, random_state=random_state), f.inertia) for k, f in zip(usable, fits)]
+    scores = [
+        KScore(k, silhouette(codes, f.labels, random_state=random_state), f.inertia) for k, f in zip(usable, fits)
+    ]
     scored = [i for i, s in enumerate(scores) if s.silhouette is not None]
     if not scored:
         best = 0

@@ -183,9 +183,7 @@ class Batcher(Generic[P, R]):
                     f"server busy: the {self.name} queue holds {len(self._queue)} of {self.max_queue} sketches, "
                     f"cannot take {len(items)} more; retry with backoff"
                 )
-            self._queue.extend(
-                _Queued(item, request, index, now, next(self._seq)) for index, item in enumerate(items)
-            )
+            self._queue.extend(_Queued(item, request, index, now, next(self._seq)) for index, item in enumerate(items))
             self._cond.notify()
         future.add_done_callback(lambda f: self._forget_if_cancelled(request, f))
         return await future
@@ -259,7 +257,9 @@ class Batcher(Generic[P, R]):
 
     def _report_pruned(self, pruned: _Pruned) -> None:
         for request in pruned.expired:
-            self._deliver_exception(request, DeadlineDropped(f"deadline passed while queued in the {self.name} batcher"))
+            self._deliver_exception(
+                request, DeadlineDropped(f"deadline passed while queued in the {self.name} batcher")
+            )
         if self._observer is None:
             return
         counts = {

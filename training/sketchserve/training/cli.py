@@ -62,10 +62,15 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="load data, time a few steps, write nothing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--from-cluster", metavar="MODEL_DIR:K", default=None, help="only the drawings MODEL_DIR puts in its cluster K")
+    parser.add_argument(
+        "--from-cluster", metavar="MODEL_DIR:K", default=None, help="only the drawings MODEL_DIR puts in its cluster K"
+    )
     parser.add_argument("--fine-tune", action="store_true", help="with --from-cluster: start from MODEL_DIR's weights")
     parser.add_argument(
-        "--init-from", type=Path, default=None, metavar="MODEL_DIR",
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="MODEL_DIR",
         help="start from this artifact's weights and config (flags override); with --prior-components K on a "
         "model that has no prior, the prior starts from k-means on the training codes (VaDE)",
     )
@@ -131,8 +136,14 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     )
     result = train(spec, record_filter)
     if args.dry_run:
-        budget = f"; {result.steps_per_second * 60 * args.max_minutes:.0f} steps in {args.max_minutes} min" if args.max_minutes else ""
-        sys.stdout.write(f"dry run: {result.steps_per_second:.3f} steps/s{budget}; loss {result.metrics['train']['loss']:.4f}\n")
+        budget = (
+            f"; {result.steps_per_second * 60 * args.max_minutes:.0f} steps in {args.max_minutes} min"
+            if args.max_minutes
+            else ""
+        )
+        sys.stdout.write(
+            f"dry run: {result.steps_per_second:.3f} steps/s{budget}; loss {result.metrics['train']['loss']:.4f}\n"
+        )
         return 0
     test = result.metrics.get("test", {})
     summary = f"trained {result.steps} steps in {result.wall_seconds:.0f} s; best step {result.best_step}"
@@ -154,7 +165,9 @@ def export_main(argv: list[str]) -> int:
     try:
         from sketchserve.training.exporting import export_run
 
-        out = export_run(args.run_dir, args.out, name=args.name or args.run_dir.name, version=args.version, which=args.checkpoint)
+        out = export_run(
+            args.run_dir, args.out, name=args.name or args.run_dir.name, version=args.version, which=args.checkpoint
+        )
     except USER_ERRORS as err:
         return _fail("export", err)
     sys.stdout.write(f"{out}\n")

@@ -60,9 +60,7 @@ def check_count(count: int, limit: int, field: str, prefix: str = "") -> None:
         raise InvalidRequest(prefix + field, f"{count} {field} in one request, at most {limit}; split the input")
 
 
-def sketches_to_drawings(
-    sketches: Sequence[sketch_pb2.Sketch], *, limit: int, prefix: str = ""
-) -> list[Drawing]:
+def sketches_to_drawings(sketches: Sequence[sketch_pb2.Sketch], *, limit: int, prefix: str = "") -> list[Drawing]:
     """Validate proto sketches into Drawings, or raise InvalidRequest naming the sketch and field."""
     check_count(len(sketches), limit, "sketches", prefix)
     drawings = []
@@ -154,7 +152,10 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
         return state.clusters
 
     async def _encoded(
-        self, state: ServingState, sketches: Sequence[sketch_pb2.Sketch], context: grpc.aio.ServicerContext,
+        self,
+        state: ServingState,
+        sketches: Sequence[sketch_pb2.Sketch],
+        context: grpc.aio.ServicerContext,
         prefix: str = "",
     ) -> list[Encoded]:
         """Validate, preprocess and encode the request's sketches (through the encode batcher)."""
@@ -165,17 +166,25 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
             raise _sketch_error(err.index, sketches[err.index], prefix, "", str(err)) from None
 
     async def _encode(
-        self, state: ServingState, request: sketch_pb2.EncodeRequest, context: grpc.aio.ServicerContext, prefix: str = ""
+        self,
+        state: ServingState,
+        request: sketch_pb2.EncodeRequest,
+        context: grpc.aio.ServicerContext,
+        prefix: str = "",
     ) -> sketch_pb2.EncodeResponse:
         encoded = await self._encoded(state, request.sketches, context, prefix)
         return sketch_pb2.EncodeResponse(
             embeddings=[embedding_to_proto(e) for e in encoded], model_version=state.version
         )
 
-    async def Encode(self, request: sketch_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> sketch_pb2.EncodeResponse:
+    async def Encode(
+        self, request: sketch_pb2.EncodeRequest, context: grpc.aio.ServicerContext
+    ) -> sketch_pb2.EncodeResponse:
         return await self._encode(self._ready(), request, context)
 
-    async def Assign(self, request: sketch_pb2.AssignRequest, context: grpc.aio.ServicerContext) -> sketch_pb2.AssignResponse:
+    async def Assign(
+        self, request: sketch_pb2.AssignRequest, context: grpc.aio.ServicerContext
+    ) -> sketch_pb2.AssignResponse:
         state = self._ready()
         clusters = self._clusters(state)
         encoded = await self._encoded(state, request.sketches, context)
@@ -207,14 +216,20 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
             latents = np.stack([e.mu for e in encoded])
             targets = [len(e.stroke3) for e in encoded]
         drawings = await state.engine.sample(
-            latents, temperature=temperature, max_points=max_points, seed=request.seed, targets=targets,
+            latents,
+            temperature=temperature,
+            max_points=max_points,
+            seed=request.seed,
+            targets=targets,
             timeout=context.time_remaining(),
         )
         return sketch_pb2.ReconstructResponse(
             sketches=[stroke3_to_proto(s3) for s3 in drawings], model_version=state.version
         )
 
-    async def Score(self, request: sketch_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> sketch_pb2.ScoreResponse:
+    async def Score(
+        self, request: sketch_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> sketch_pb2.ScoreResponse:
         state = self._ready()
         encoded = await self._encoded(state, request.sketches, context)
         scores = await state.engine.score(encoded, timeout=context.time_remaining())
@@ -268,7 +283,9 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
                 size=clusters.sizes[c],
                 centroid=clusters.centroids[c].tolist(),
                 exemplars=[stroke3_to_proto(s) for s in clusters.exemplars[c][: request.exemplars]],
-                prototype=sketch_pb2.Sketch() if clusters.prototypes[c] is None else stroke3_to_proto(clusters.prototypes[c]),
+                prototype=sketch_pb2.Sketch()
+                if clusters.prototypes[c] is None
+                else stroke3_to_proto(clusters.prototypes[c]),
             )
             for c in range(clusters.k)
         ]

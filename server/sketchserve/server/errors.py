@@ -128,7 +128,9 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable], on_done: OnCall
     return handler
 
 
-def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator], on_done: OnCallDone) -> Callable[..., AsyncIterator]:
+def _wrap_stream(
+    method: str, behavior: Callable[..., AsyncIterator], on_done: OnCallDone
+) -> Callable[..., AsyncIterator]:
     async def handler(request_iterator: AsyncIterator, context: grpc.aio.ServicerContext) -> AsyncIterator:
         async with _status_scope(method, context, on_done):
             async for response in behavior(request_iterator, context):

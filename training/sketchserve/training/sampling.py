@@ -23,7 +23,9 @@ COORD_DECIMALS = 2  # ndjson coordinates: canonical units to 1/100
 GRID_COLUMNS = 8  # prior samples per PNG row
 
 
-def decode(artifact: Any, z: np.ndarray, temperature: float, seed: int, targets: np.ndarray | None = None) -> list[np.ndarray]:
+def decode(
+    artifact: Any, z: np.ndarray, temperature: float, seed: int, targets: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Stroke-3 drawings decoded from latent codes ``z [n, Nz]`` at ``temperature``.
 
     ``targets [n]``: point counts for a length-conditioned decoder (``sample_decoder``)."""

@@ -33,26 +33,42 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "sketchserve_requests", "RPCs finished, by method and status code", ["method", "code"],
+            "sketchserve_requests",
+            "RPCs finished, by method and status code",
+            ["method", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "sketchserve_request_seconds", "RPC latency in the server", ["method"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "sketchserve_request_seconds",
+            "RPC latency in the server",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.batch_size = Histogram(
-            "sketchserve_batch_size", "items per model call", ["batcher"],
-            buckets=BATCH_SIZE_BUCKETS, registry=self.registry,
+            "sketchserve_batch_size",
+            "items per model call",
+            ["batcher"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
         )
         self.batch_seconds = Histogram(
-            "sketchserve_batch_seconds", "model time per batch", ["batcher"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "sketchserve_batch_seconds",
+            "model time per batch",
+            ["batcher"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "sketchserve_queue_depth", "items waiting for a batch", ["batcher"], registry=self.registry,
+            "sketchserve_queue_depth",
+            "items waiting for a batch",
+            ["batcher"],
+            registry=self.registry,
         )
         self.dropped = Counter(
-            "sketchserve_dropped_items", "queued items dropped before compute", ["batcher", "reason"],
+            "sketchserve_dropped_items",
+            "queued items dropped before compute",
+            ["batcher", "reason"],
             registry=self.registry,
         )
         self.model = Info("sketchserve_model", "the served model", registry=self.registry)

@@ -7,8 +7,8 @@ less; each such departure says why.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 CELL_TYPES = ("lstm", "layer_norm")
@@ -76,7 +76,9 @@ class ModelConfig:
     decoder_condition: str = "latent"
 
     def validate(self) -> ModelConfig:
-        _require(self, ("enc_hidden", "dec_hidden", "latent_size", "num_mixtures", "max_seq_len"), lambda v: v >= 1, ">= 1")
+        _require(
+            self, ("enc_hidden", "dec_hidden", "latent_size", "num_mixtures", "max_seq_len"), lambda v: v >= 1, ">= 1"
+        )
         if self.cell not in CELL_TYPES:
             raise ConfigError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
         _require(self, ("prior_components",), lambda v: v >= 0, ">= 0")
@@ -85,9 +87,13 @@ class ModelConfig:
         if self.encoder_input not in ENCODER_INPUTS:
             raise ConfigError(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
         if self.encoder_strokes not in ENCODER_STROKES:
-            raise ConfigError(f"encoder_strokes must be one of {', '.join(ENCODER_STROKES)}, got {self.encoder_strokes!r}")
+            raise ConfigError(
+                f"encoder_strokes must be one of {', '.join(ENCODER_STROKES)}, got {self.encoder_strokes!r}"
+            )
         if self.decoder_condition not in DECODER_CONDITIONS:
-            raise ConfigError(f"decoder_condition must be one of {', '.join(DECODER_CONDITIONS)}, got {self.decoder_condition!r}")
+            raise ConfigError(
+                f"decoder_condition must be one of {', '.join(DECODER_CONDITIONS)}, got {self.decoder_condition!r}"
+            )
         _require(self, ("recurrent_dropout", "input_dropout"), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
         if self.recurrent_dropout > 0.0 and self.cell != "layer_norm":
             raise ConfigError("recurrent_dropout > 0 needs cell 'layer_norm' (the fused LSTM has no recurrent dropout)")
@@ -152,14 +158,20 @@ class TrainConfig:
         return self.contrastive_weight > 0 or self.invariance_weight > 0
 
     def validate(self) -> TrainConfig:
-        _require(self, ("batch_size", "max_steps", "eval_every", "checkpoint_every", "log_every"), lambda v: v >= 1, ">= 1")
+        _require(
+            self, ("batch_size", "max_steps", "eval_every", "checkpoint_every", "log_every"), lambda v: v >= 1, ">= 1"
+        )
         _require(self, ("learning_rate", "grad_clip"), lambda v: v > 0, "> 0")
         _require(self, ("lr_decay", "kl_decay_rate"), lambda v: 0.0 < v <= 1.0, "in (0, 1]")
         _require(self, ("min_lr", "kl_weight", "kl_weight_start", "kl_tolerance"), lambda v: v >= 0, ">= 0")
         if self.min_lr > self.learning_rate:
             raise ConfigError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
-        _require(self, ("random_scale_factor", "augment_stroke_prob", "view_scale_factor", "view_drop_prob", "view_stroke_drop"),
-                 lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        _require(
+            self,
+            ("random_scale_factor", "augment_stroke_prob", "view_scale_factor", "view_drop_prob", "view_stroke_drop"),
+            lambda v: 0.0 <= v < 1.0,
+            "in [0, 1)",
+        )
         _require(self, ("contrastive_weight", "invariance_weight"), lambda v: v >= 0, ">= 0")
         _require(self, ("contrastive_temperature",), lambda v: v > 0, "> 0")
         return self

@@ -136,7 +136,9 @@ def sample_views(sketches: Sequence[np.ndarray], batch_size: int, rng: np.random
     picks = rng.choice(len(sketches), size=batch_size, replace=batch_size > len(sketches))
     first = [augment_stroke3(sketches[i], rng, cfg.random_scale_factor, cfg.augment_stroke_prob) for i in picks]
     second = [
-        augment_stroke3(drop_strokes(sketches[i], rng, cfg.view_stroke_drop), rng, cfg.view_scale_factor, cfg.view_drop_prob)
+        augment_stroke3(
+            drop_strokes(sketches[i], rng, cfg.view_stroke_drop), rng, cfg.view_scale_factor, cfg.view_drop_prob
+        )
         for i in picks
     ]
     return Views(make_batch(first), make_batch(second))

@@ -53,7 +53,9 @@ def parse_cluster_ref(text: str) -> ClusterRef:
     ref = ClusterRef(Path(directory), int(index))
     path = ref.model_dir / CLUSTERS_FILE
     if not path.is_file():
-        raise ConfigError(f"--from-cluster: {path} does not exist (run `sketchserve cluster {ref.model_dir} --data FILES`)")
+        raise ConfigError(
+            f"--from-cluster: {path} does not exist (run `sketchserve cluster {ref.model_dir} --data FILES`)"
+        )
     k = int(json.loads(path.read_text())["k"])
     if ref.cluster >= k:
         raise ConfigError(f"--from-cluster: {ref.model_dir} has clusters 0..{k - 1}, not {ref.cluster}")
@@ -84,7 +86,9 @@ class ClusterFilter:
         kept = [r for r, k in zip(records, keep.tolist()) if k]
         log.info("--from-cluster %s keeps %d of %d drawings", self.ref, len(kept), len(records))
         if not kept:
-            raise DataError(f"--from-cluster {self.ref}: none of the {len(records)} drawings falls in cluster {self.ref.cluster}")
+            raise DataError(
+                f"--from-cluster {self.ref}: none of the {len(records)} drawings falls in cluster {self.ref.cluster}"
+            )
         return kept
 
 

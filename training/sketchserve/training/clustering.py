@@ -215,7 +215,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, model_help: str) -> None
     """MODEL_DIR, --data, --split and --no-progress: what cluster and gallery share."""
     parser.add_argument("model_dir", type=Path, help=model_help)
     parser.add_argument("--data", type=Path, nargs="+", required=True, help=".npz / .ndjson drawing files")
-    parser.add_argument("--split", default=None, help="only this split (train/valid/test; ndjson by key hash); default all")
+    parser.add_argument(
+        "--split", default=None, help="only this split (train/valid/test; ndjson by key hash); default all"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -223,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sketchserve cluster", description=__doc__.split("\n\n")[0])
     add_data_arguments(parser, "artifact directory (clusters.json is written into it)")
     parser.add_argument("--k", type=int, default=None, help="number of clusters; default: best silhouette in --k-range")
-    parser.add_argument("--k-range", default=DEFAULT_K_RANGE, help=f"LOW:HIGH searched without --k (default {DEFAULT_K_RANGE})")
+    parser.add_argument(
+        "--k-range", default=DEFAULT_K_RANGE, help=f"LOW:HIGH searched without --k (default {DEFAULT_K_RANGE})"
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_RANDOM_STATE, help="k-means random_state")
     parser.add_argument("--n-init", type=int, default=DEFAULT_N_INIT, help="k-means restarts")
     parser.add_argument("--exemplars", type=int, default=DEFAULT_EXEMPLARS, help="members stored per cluster")
@@ -238,7 +242,11 @@ def run_cluster(args: argparse.Namespace) -> str:
     from sketchserve.training.encode import decode_greedy
 
     options = ClusterOptions(
-        k=args.k, k_range=parse_k_range(args.k_range), random_state=args.seed, n_init=args.n_init, n_exemplars=args.exemplars
+        k=args.k,
+        k_range=parse_k_range(args.k_range),
+        random_state=args.seed,
+        n_init=args.n_init,
+        n_exemplars=args.exemplars,
     )
     if options.k is not None and options.k < 2:
         raise ClusterError(f"--k must be at least 2 (got {options.k})")
@@ -265,4 +273,3 @@ def cluster_main(argv: list[str]) -> int:
         sys.stderr.write(f"sketchserve cluster: {exc}\n")
         return 2
     return 0
-

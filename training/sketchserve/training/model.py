@@ -16,7 +16,7 @@ teach the decoder to stay ended, which sampling never asks of it).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -201,7 +201,7 @@ class LayerNormLSTM(nn.Module):
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> CellOutput:
         b, steps = x.shape[0], x.shape[1]
         xw = self.wx(x)
-        outs: List[Tensor] = []
+        outs: list[Tensor] = []
         for t in range(steps):
             gates = (xw[:, t] + self.wh(h)).view(b, 4, self.hidden)
             gates = F.layer_norm(gates, [self.hidden]) * self.gamma + self.beta
@@ -338,7 +338,7 @@ class Encoder(nn.Module):
             feat = torch.cat([feat, (out_f * real).sum(dim=1) / count, (out_b * real).sum(dim=1) / count], dim=-1)
         return Moments(mu=self.mu(feat), presig=self.presig(feat))
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         mu, presig = self.moments(x, lengths)
         return mu, torch.exp(presig / 2.0)
 
@@ -394,11 +394,15 @@ class Decoder(nn.Module):
         inputs = teacher_inputs(xn)
         if self.training and self.input_dropout > 0.0:
             # Zero whole input points (never the start token): the decoder must lean on z.
-            keep = (torch.rand(inputs.shape[0], inputs.shape[1], 1, device=inputs.device) >= self.input_dropout).to(inputs.dtype)
+            keep = (torch.rand(inputs.shape[0], inputs.shape[1], 1, device=inputs.device) >= self.input_dropout).to(
+                inputs.dtype
+            )
             keep = torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1)
             inputs = inputs * keep
         if self.with_length:
-            inputs = torch.cat([inputs, remaining_inputs(teacher_remaining(lengths, inputs.shape[1])).to(inputs.dtype)], dim=-1)
+            inputs = torch.cat(
+                [inputs, remaining_inputs(teacher_remaining(lengths, inputs.shape[1])).to(inputs.dtype)], dim=-1
+            )
         params = split_params(self.forward(z, inputs), self.num_mixtures)
         dx, dy, pen = targets(xn, lengths, self.pen_end)
         return step_losses(params, dx, dy, pen)
@@ -414,7 +418,9 @@ class Decoder(nn.Module):
         return total / (lengths.to(total.dtype) + 1.0)
 
     @torch.jit.export
-    def sample(self, z: Tensor, noise: Tensor, temperature: float, target: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def sample(
+        self, z: Tensor, noise: Tensor, temperature: float, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Decode up to ``L = noise.shape[1]`` steps; returns canonical stroke-5 ``[B,L,5]`` and lengths.
 
         ``target [B]``: the point count to draw, for a decoder ``with_length`` (ignored otherwise);
@@ -468,7 +474,9 @@ class Decoder(nn.Module):
             row = out[:, t]
             row[:, 0] = dx * live * self.scale
             row[:, 1] = dy * live * self.scale
-            row[:, 2:] = F.one_hot(torch.where(stop, torch.full_like(pen, self.pen_end), pen), self.pen_states).to(z.dtype)
+            row[:, 2:] = F.one_hot(torch.where(stop, torch.full_like(pen, self.pen_end), pen), self.pen_states).to(
+                z.dtype
+            )
             ended = stop
             if bool(ended.all()):
                 break
@@ -559,7 +567,9 @@ class SketchRNN(nn.Module):
             mu_view, _ = self.encoder.moments(view.x, view.lengths)
             contrastive = contrastive_loss(mu, mu_view, temperature)
             invariance = invariance_loss(mu, mu_view)
-        return LossTerms(recon=offset + pen, kl=kl, offset=offset, pen=pen, contrastive=contrastive, invariance=invariance)
+        return LossTerms(
+            recon=offset + pen, kl=kl, offset=offset, pen=pen, contrastive=contrastive, invariance=invariance
+        )
 
 
 def invariance_loss(a: Tensor, b: Tensor, floor: float = 1e-6) -> Tensor:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sketchserve.progress import Progress
 from sketchserve.artifact import NOISE_CHANNELS, sample_decoder
+from sketchserve.progress import Progress
 from sketchserve.strokes import pad_stroke5, stroke5_to_stroke3
 
 # 256 sketches a batch: one encoder call's padding and memory stay small on a CPU.

@@ -74,7 +74,12 @@ def _split_members(order: np.ndarray, n_near: int, n_far: int) -> tuple[np.ndarr
 
 
 def cluster_views(
-    clusters: dict[str, Any], sketches: Sequence[np.ndarray], words: Sequence[str], codes: np.ndarray, n_near: int, n_far: int
+    clusters: dict[str, Any],
+    sketches: Sequence[np.ndarray],
+    words: Sequence[str],
+    codes: np.ndarray,
+    n_near: int,
+    n_far: int,
 ) -> list[ClusterView]:
     """Assign the codes to the stored centroids; one view per stored cluster (possibly with no members)."""
     centroids = np.asarray(clusters["centroids"], dtype=np.float64)
@@ -155,12 +160,13 @@ figcaption{font-size:14px;margin-bottom:6px} figcaption a{margin-left:8px;font-s
 def index_page(title: str, meta: str, cards: Sequence[str], n_near: int, n_far: int) -> str:
     legend = (
         '<p class="legend">each image, top to bottom: '
-        '<span style="background:rgb({0},{0},{0})">prototype (the centroid decoded, temperature 0)</span>'
-        '<span style="background:rgb({1},{1},{1})">the {3} members nearest the centroid</span>'
-        '<span style="background:rgb({2},{2},{2})">up to {4} farthest members</span></p>'
-    ).format(PROTOTYPE_BG, NEAR_BG, FAR_BG, n_near, n_far)
+        f'<span style="background:rgb({PROTOTYPE_BG},{PROTOTYPE_BG},{PROTOTYPE_BG})">'
+        "prototype (the centroid decoded, temperature 0)</span>"
+        f'<span style="background:rgb({NEAR_BG},{NEAR_BG},{NEAR_BG})">the {n_near} members nearest the centroid</span>'
+        f'<span style="background:rgb({FAR_BG},{FAR_BG},{FAR_BG})">up to {n_far} farthest members</span></p>'
+    )
     return (
-        f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         f'<p class="meta">{html.escape(meta)}</p>{legend}<div class="grid">{"".join(cards)}</div></body></html>\n'
     )
@@ -176,7 +182,9 @@ def page_meta(clusters: dict[str, Any], n_drawings: int, data: Sequence[Path]) -
     return " \u00b7 ".join(parts)
 
 
-def write_gallery(out: Path, title: str, meta: str, views: Sequence[ClusterView], n_near: int, n_far: int) -> GalleryFiles:
+def write_gallery(
+    out: Path, title: str, meta: str, views: Sequence[ClusterView], n_near: int, n_far: int
+) -> GalleryFiles:
     """The PNG per cluster, the prototype SVG per cluster, and index.html."""
     from sketchserve.render import encode_png, render_svg
 

@@ -121,8 +121,12 @@ class BuiltServer:
         log.info(
             "serving",
             extra=fields(
-                port=self.port, model=spec.name, version=spec.version, device=spec.device,
-                max_batch_size=self.config.max_batch_size, max_delay_ms=self.config.max_delay_ms,
+                port=self.port,
+                model=spec.name,
+                version=spec.version,
+                device=spec.device,
+                max_batch_size=self.config.max_batch_size,
+                max_delay_ms=self.config.max_delay_ms,
                 torch_threads=self.config.torch_threads,
             ),
         )

@@ -47,5 +47,7 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str, version: str, which: 
     ckpt = load_checkpoint(run_dir / BEST) if best else last
     model = model_from_checkpoint(ckpt)
     train_cfg = config_from_dict(TrainConfig, ckpt["train_config"])
-    manifest = manifest_from_checkpoint(ckpt, last, name, version, "lowest validation loss" if best else "last checkpoint")
+    manifest = manifest_from_checkpoint(
+        ckpt, last, name, version, "lowest validation loss" if best else "last checkpoint"
+    )
     return export_artifact(model, model.cfg, out_dir, manifest, train_cfg)

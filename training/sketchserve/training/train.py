@@ -27,9 +27,18 @@ import torch
 from torch import nn
 
 from sketchserve.progress import Progress
-from sketchserve.training.checkpoint import CHECKPOINT, BEST, load_checkpoint, save_checkpoint
+from sketchserve.training.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
 from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
-from sketchserve.training.dataset import Batch, Dataset, RecordFilter, Views, fixed_batches, load_dataset, sample_views, scale_factor
+from sketchserve.training.dataset import (
+    Batch,
+    Dataset,
+    RecordFilter,
+    Views,
+    fixed_batches,
+    load_dataset,
+    sample_views,
+    scale_factor,
+)
 from sketchserve.training.kmeans import mixture_from_kmeans
 from sketchserve.training.model import SketchRNN
 
@@ -127,7 +136,9 @@ def setup_distributed(device: str) -> Dist:
 
 
 @torch.no_grad()
-def evaluate(model: SketchRNN, sketches: list[np.ndarray], cfg: TrainConfig, device: torch.device) -> EvalMetrics | None:
+def evaluate(
+    model: SketchRNN, sketches: list[np.ndarray], cfg: TrainConfig, device: torch.device
+) -> EvalMetrics | None:
     """Mean ``L_R`` (magenta's evaluation form), KL and loss over a split; ``None`` for an empty split."""
     if not sketches:
         return None
@@ -292,17 +303,24 @@ def init_prior_from_kmeans(model: SketchRNN, sketches: list[np.ndarray], seed: i
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        codes = np.concatenate([model.encoder.moments(b.x, b.lengths).mu.numpy() for b in fixed_batches(sketches, PRIOR_INIT_BATCH)])
+        codes = np.concatenate(
+            [model.encoder.moments(b.x, b.lengths).mu.numpy() for b in fixed_batches(sketches, PRIOR_INIT_BATCH)]
+        )
     model.train(was_training)
     mixture = mixture_from_kmeans(codes, k, random_state=seed, n_init=PRIOR_INIT_RESTARTS)
     if mixture.means.shape[0] != k:
-        raise ConfigError(f"--prior-components {k}: k-means found only {mixture.means.shape[0]} distinct clusters in the codes")
+        raise ConfigError(
+            f"--prior-components {k}: k-means found only {mixture.means.shape[0]} distinct clusters in the codes"
+        )
     with torch.no_grad():
         model.prior.means.copy_(torch.from_numpy(mixture.means))
         model.prior.log_var.copy_(torch.from_numpy(mixture.log_var))
         model.prior.logits.copy_(torch.from_numpy(mixture.logits))
-    logger.info("mixture prior initialized by k-means on %d training codes: component shares %s",
-                len(codes), np.round(np.exp(mixture.logits), 3).tolist())
+    logger.info(
+        "mixture prior initialized by k-means on %d training codes: component shares %s",
+        len(codes),
+        np.round(np.exp(mixture.logits), 3).tolist(),
+    )
 
 
 def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist) -> TrainResult:
@@ -321,9 +339,13 @@ def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist
         try:
             missing, unexpected = model.load_state_dict(init.state_dict, strict=False)
         except RuntimeError as exc:  # a size mismatch: a model flag changed a weight's shape
-            raise ConfigError(f"{spec.init_from}: its weights do not fit this model: {str(exc).splitlines()[-1].strip()}") from None
+            raise ConfigError(
+                f"{spec.init_from}: its weights do not fit this model: {str(exc).splitlines()[-1].strip()}"
+            ) from None
         if unexpected or any(not k.startswith(PRIOR_PREFIX) for k in missing):
-            raise ConfigError(f"{spec.init_from}: its weights do not fit this model (missing {missing}, unexpected {unexpected})")
+            raise ConfigError(
+                f"{spec.init_from}: its weights do not fit this model (missing {missing}, unexpected {unexpected})"
+            )
         if missing:
             init_prior_from_kmeans(model, data.train, tcfg.seed)
     model.to(dist.device)
@@ -334,18 +356,28 @@ def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist
     if ckpt:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        state = _State(ckpt["step"], ckpt["wall_seconds"], ckpt["best_loss"], ckpt["best_step"], ckpt.get("metrics", {}))
+        state = _State(
+            ckpt["step"], ckpt["wall_seconds"], ckpt["best_loss"], ckpt["best_step"], ckpt.get("metrics", {})
+        )
         rng.bit_generator.state = ckpt["rng"][dist.rank % len(ckpt["rng"])]["numpy"]
         torch.set_rng_state(ckpt["rng"][dist.rank % len(ckpt["rng"])]["torch"])
     ddp_model: nn.Module = model
     if dist.world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None)
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.device] if dist.device.type == "cuda" else None
+        )
     local_batch = max(1, tcfg.batch_size // dist.world)
     n_params = sum(p.numel() for p in model.parameters())
     if dist.main:
         logger.info(
             "%d parameters; %d/%d/%d train/valid/test sketches; scale factor %.3f; %d process(es) x batch %d",
-            n_params, len(data.train), len(data.valid), len(data.test), scale, dist.world, local_batch,
+            n_params,
+            len(data.train),
+            len(data.valid),
+            len(data.test),
+            scale,
+            dist.world,
+            local_batch,
         )
     if spec.dry_run:
         return _dry_run(ddp_model, model, opt, data, spec, dist, local_batch)
@@ -356,17 +388,34 @@ def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist
     deadline = start + spec.max_minutes * SECONDS_PER_MINUTE if spec.max_minutes else math.inf
     model.train()
     first_step = state.step
-    with StopSignals() as stop, Progress(total=tcfg.max_steps - first_step, desc="train") if dist.main else _NoProgress() as bar:
+    with (
+        StopSignals() as stop,
+        Progress(total=tcfg.max_steps - first_step, desc="train") if dist.main else _NoProgress() as bar,
+    ):
         if dist.main:
-            logger.info("training steps %d to %d; SIGTERM or Ctrl-C stops after the current step, with a checkpoint", first_step + 1, tcfg.max_steps)
-        while state.step < tcfg.max_steps and not _stop_agreed(time.monotonic() >= deadline or stop.requested.is_set(), dist):
+            logger.info(
+                "training steps %d to %d; SIGTERM or Ctrl-C stops after the current step, with a checkpoint",
+                first_step + 1,
+                tcfg.max_steps,
+            )
+        while state.step < tcfg.max_steps and not _stop_agreed(
+            time.monotonic() >= deadline or stop.requested.is_set(), dist
+        ):
             views = sample_views(data.train, local_batch, rng, tcfg)
             eps = torch.randn(local_batch, cfg.latent_size)
             stats = _train_step(ddp_model, model, opt, views, eps, state.step, tcfg, dist.device)
             state.step += 1
             elapsed = time.monotonic() - start
             rate = (state.step - first_step) / max(elapsed, 1e-9)
-            bar.update(1, step=state.step, loss=stats["loss"], L_R=stats["recon"], KL=stats["kl"], lr=stats["lr"], **{"steps/s": rate})
+            bar.update(
+                1,
+                step=state.step,
+                loss=stats["loss"],
+                L_R=stats["recon"],
+                KL=stats["kl"],
+                lr=stats["lr"],
+                **{"steps/s": rate},
+            )
             if state.step % tcfg.log_every == 0:
                 log.write({"kind": "train", "step": state.step, **stats, "steps_per_s": rate, "elapsed": elapsed})
             if dist.main and (state.step % tcfg.eval_every == 0 or state.step % tcfg.checkpoint_every == 0):
@@ -447,7 +496,16 @@ def _dry_run(
     stats: dict[str, float] = {}
     for step in range(DRY_RUN_STEPS):
         views = sample_views(data.train, local_batch, rng, spec.train)
-        stats = _train_step(ddp_model, model, opt, views, torch.randn(local_batch, spec.model.latent_size), step, spec.train, dist.device)
+        stats = _train_step(
+            ddp_model,
+            model,
+            opt,
+            views,
+            torch.randn(local_batch, spec.model.latent_size),
+            step,
+            spec.train,
+            dist.device,
+        )
     wall = time.monotonic() - start
     return TrainResult(
         steps=0, wall_seconds=wall, steps_per_second=DRY_RUN_STEPS / wall, best_step=-1, metrics={"train": stats}
