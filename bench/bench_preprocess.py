@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     _pin_to_one_core()
-    from sketchserve import strokes  # after pinning, so numpy starts single-threaded
+    from agreement import compare_drawings  # after pinning, so numpy starts single-threaded
+
+    from sketchserve import strokes
 
     simplified = sorted((args.data / "simplified").glob("*.ndjson"))
     if not simplified:
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             if key in reference:
                 twins.append(strokes.drawing_from_xy(reference[key]))
                 raws.append(strokes.drawing_from_xy(xy))
-    agreement = strokes.compare_drawings(strokes.canonicalize_many(raws), twins)
+    agreement = compare_drawings(strokes.canonicalize_many(raws), twins)
 
     rows = [
         ("drawings (simplified ndjson)", f"{len(drawings)}"),

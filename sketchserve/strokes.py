@@ -394,7 +394,7 @@ def drawing_to_stroke3(drawing: Sequence[np.ndarray]) -> np.ndarray:
     return _flat_to_stroke3(_flatten([checked]))[0]
 
 
-def _check_stroke3(s3: np.ndarray) -> np.ndarray:
+def check_stroke3(s3: np.ndarray) -> np.ndarray:
     array = np.asarray(s3)
     if array.ndim != 2 or array.shape[1] != 3:
         raise ValueError(f"stroke-3 must have shape (N, 3), got {array.shape}")
@@ -405,7 +405,7 @@ def _check_stroke3(s3: np.ndarray) -> np.ndarray:
 
 def stroke3_to_drawing(s3: np.ndarray, origin: tuple[float, float] = (0.0, 0.0)) -> Drawing:
     """A stroke-3 as a Drawing whose first point is ``origin``; N rows give N + 1 points."""
-    array = _check_stroke3(s3)
+    array = check_stroke3(s3)
     points = np.zeros((len(array) + 1, 2))
     points[0] = origin
     points[1:] = np.asarray(origin, dtype=np.float64) + np.cumsum(array[:, :2].astype(np.float64), axis=0)
@@ -427,7 +427,7 @@ def preprocess_many(drawings: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray
 
 def stroke3_to_stroke5(s3: np.ndarray, max_len: int) -> np.ndarray:
     """``(max_len, 5)`` stroke-5 without the start token, padded with ``END_ROW``."""
-    array = _check_stroke3(s3)
+    array = check_stroke3(s3)
     if len(array) > max_len:
         raise ValueError(f"stroke-3 has {len(array)} points, more than max_len={max_len}")
     result = np.zeros((max_len, 5), dtype=np.float32)
@@ -465,70 +465,3 @@ def stroke5_to_stroke3(s5: np.ndarray) -> np.ndarray:
     result[:, :2] = array[:length, :2]
     result[:, 2] = state[:length] == 1
     return result
-
-
-def augment_stroke3(
-    s3: np.ndarray, rng: np.random.Generator, scale_factor: float = 0.15, drop_prob: float = 0.1
-) -> np.ndarray:
-    """Sketch-RNN training augmentation: independent x/y scaling by ``1 +- scale_factor``
-    and, with probability ``drop_prob``, dropping a pen-down point inside a stroke
-    (from its third point on, never a stroke's last two), its offset merged into
-    the next row, as magenta's ``augment_strokes`` does."""
-    array = _check_stroke3(s3).astype(np.float64)
-    scales = 1.0 + (rng.random(2) - 0.5) * 2.0 * scale_factor
-    lifted = array[:, 2] > PEN_LIFTED_THRESHOLD
-    row = np.arange(len(array))
-    stroke_start = np.maximum.accumulate(np.where(np.concatenate(([True], lifted[:-1])), row, 0))
-    next_down = np.concatenate((~lifted[1:], [False]))
-    droppable = ~lifted & next_down & (row - stroke_start >= 2)
-    drop = droppable & (rng.random(len(array)) < drop_prob)
-    positions = np.cumsum(array[:, :2], axis=0)[~drop]
-    result = np.empty((len(positions), 3), dtype=np.float32)
-    result[:, :2] = np.diff(positions, axis=0, prepend=np.zeros((1, 2))) * scales
-    result[:, 2] = array[~drop, 2]
-    return result
-
-
-def drop_strokes(s3: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
-    """A stroke-3 drawing without some of its strokes: each is dropped with probability ``prob`` and at
-    least one always stays. The kept strokes keep their shapes and their places relative to each other."""
-    drawing = stroke3_to_drawing(s3)
-    keep = rng.random(len(drawing)) >= prob
-    if not keep.any():
-        keep[rng.integers(len(drawing))] = True
-    return drawing_to_stroke3([stroke for stroke, kept in zip(drawing, keep) if kept])
-
-
-@dataclass(frozen=True)
-class DrawingAgreement:
-    """How closely drawings match their references, pair by pair."""
-
-    pairs: int
-    same_counts: int  # pairs with the reference's point count in every stroke
-    identical: int  # pairs equal point for point
-    mean_distance: float  # mean distance between matched points of the same-count pairs
-
-    @property
-    def same_count_rate(self) -> float:
-        return self.same_counts / self.pairs if self.pairs else 0.0
-
-    @property
-    def identical_rate(self) -> float:
-        return self.identical / self.pairs if self.pairs else 0.0
-
-
-def compare_drawings(drawings: Sequence[Drawing], references: Sequence[Drawing]) -> DrawingAgreement:
-    """Agreement of ``drawings`` with ``references`` (e.g. canonical raw vs Google's simplified)."""
-    if len(drawings) != len(references):
-        raise ValueError(f"{len(drawings)} drawings but {len(references)} references")
-    same_counts = identical = 0
-    distances: list[np.ndarray] = []
-    for ours, theirs in zip(drawings, references):
-        if len(ours) != len(theirs) or any(len(a) != len(b) for a, b in zip(ours, theirs)):
-            continue
-        same_counts += 1
-        delta = np.concatenate(ours) - np.concatenate(theirs)
-        identical += int(not delta.any())
-        distances.append(np.hypot(delta[:, 0], delta[:, 1]))
-    mean = float(np.concatenate(distances).mean()) if distances else float("nan")
-    return DrawingAgreement(len(drawings), same_counts, identical, mean)

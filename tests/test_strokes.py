@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from agreement import compare_drawings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -230,7 +231,7 @@ def test_canonical_raw_agrees_with_googles_simplified_twin(data_dir: Path) -> No
     pairs = _raw_simplified_pairs(data_dir)
     assert len(pairs) >= 200, f"expected the raw/simplified pairs, found {len(pairs)}"
     canonical = strokes.canonicalize_many([raw for raw, _ in pairs])
-    agreement = strokes.compare_drawings(canonical, [simplified for _, simplified in pairs])
+    agreement = compare_drawings(canonical, [simplified for _, simplified in pairs])
     assert agreement.same_count_rate >= 0.95
     assert agreement.identical_rate >= 0.85
     assert agreement.mean_distance <= 0.1
@@ -240,11 +241,11 @@ def test_compare_drawings_counts_and_distances() -> None:
     a = [np.array([[0.0, 0.0], [3.0, 4.0]])]
     b = [np.array([[0.0, 0.0], [0.0, 0.0]])]
     c = [np.array([[0.0, 0.0]])]
-    agreement = strokes.compare_drawings([a, a, a], [a, b, c])
+    agreement = compare_drawings([a, a, a], [a, b, c])
     assert (agreement.pairs, agreement.same_counts, agreement.identical) == (3, 2, 1)
     assert agreement.mean_distance == pytest.approx(1.25)
     with pytest.raises(ValueError, match="2 drawings but 1 references"):
-        strokes.compare_drawings([a, a], [a])
+        compare_drawings([a, a], [a])
 
 
 # --- validation ----------------------------------------------------------------
@@ -299,65 +300,6 @@ def test_batch_errors_carry_the_drawing_index() -> None:
 def test_drawing_from_xy_builds_points() -> None:
     drawing = strokes.drawing_from_xy([([1, 2], [3, 4])])
     assert drawing[0].tolist() == [[1, 3], [2, 4]] and drawing[0].dtype == np.float64
-
-
-# --- augmentation --------------------------------------------------------------
-
-
-@PROPERTY_SETTINGS
-@given(stroke3s(), st.integers(min_value=0, max_value=2**32 - 1))
-def test_augment_drops_only_inner_points(s3: np.ndarray, seed: int) -> None:
-    out = strokes.augment_stroke3(s3, np.random.default_rng(seed), scale_factor=0.0, drop_prob=0.5)
-    assert out.dtype == np.float32 and out.shape[1] == 3
-    original = strokes.stroke3_to_drawing(s3)
-    augmented = strokes.stroke3_to_drawing(out)
-    assert len(augmented) == len(original)
-    for a, o in zip(augmented, original):
-        assert np.array_equal(a[[0, -1]], o[[0, -1]])
-        assert min(len(o), 3) <= len(a) <= len(o)
-        assert all((o == point).all(axis=1).any() for point in a)
-
-
-@PROPERTY_SETTINGS
-@given(stroke3s(), st.integers(min_value=0, max_value=2**32 - 1), st.sampled_from([0.0, 0.5, 1.0]))
-def test_drop_strokes_keeps_some_strokes_in_order_where_they_were(s3: np.ndarray, seed: int, prob: float) -> None:
-    out = strokes.drop_strokes(s3, np.random.default_rng(seed), prob)
-    assert out.dtype == np.float32 and out.shape[1] == 3 and out[-1, 2] == 1.0
-    original = strokes.stroke3_to_drawing(s3)
-    kept = strokes.stroke3_to_drawing(out)
-    assert 1 <= len(kept) <= len(original) and (prob > 0.0 or len(kept) == len(original))
-
-    # Some original stroke, moved, is the first kept one; the same move takes the rest onto later originals.
-    # (A dot that becomes the first stroke comes back as two equal points: stroke-3's first-dot rule.)
-    def same(o: np.ndarray, k: np.ndarray) -> bool:
-        dot = len(o) == 1 and len(k) == 2
-        return (o.shape == k.shape or dot) and np.allclose(np.broadcast_to(o, k.shape) if dot else o, k, atol=1e-3)
-
-    for first, candidate in enumerate(original):
-        shift = candidate[0] - kept[0][0]
-        remaining = iter(original[first:])
-        if all(any(same(o, k + shift) for o in remaining) for k in kept):
-            break
-    else:
-        pytest.fail("the kept strokes are not original strokes in their order and places")
-
-
-def test_augment_scales_within_bounds_and_is_seeded() -> None:
-    s3 = np.array([[10, 20, 0], [10, 20, 1]], dtype=np.float32)
-    first = strokes.augment_stroke3(s3, np.random.default_rng(1), scale_factor=0.15, drop_prob=0.0)
-    again = strokes.augment_stroke3(s3, np.random.default_rng(1), scale_factor=0.15, drop_prob=0.0)
-    assert np.array_equal(first, again)
-    ratio = first[:, :2] / s3[:, :2]
-    assert np.all((ratio >= 0.85 - 1e-6) & (ratio <= 1.15 + 1e-6))
-    assert not np.allclose(ratio[:, 0], ratio[:, 1])
-
-
-def test_augment_drop_merges_offsets_into_the_next_point() -> None:
-    s3 = np.array([[1, 0, 0]] * 9 + [[1, 0, 1]], dtype=np.float32)
-    out = strokes.augment_stroke3(s3, np.random.default_rng(0), scale_factor=0.0, drop_prob=1.0)
-    assert out[:, 0].sum() == s3[:, 0].sum()
-    assert out[:2].tolist() == [[1, 0, 0], [1, 0, 0]]
-    assert out[-2:].tolist() == [[7, 0, 0], [1, 0, 1]]
 
 
 def test_segmented_cumsum_paths_agree_bit_for_bit() -> None:

@@ -12,7 +12,8 @@ import torch
 
 from sketchserve.artifact import sha256_file
 from sketchserve.data import SPLITS, DrawingRecord, expand_paths, iter_drawings
-from sketchserve.strokes import augment_stroke3, drop_strokes, pad_stroke5
+from sketchserve.strokes import pad_stroke5
+from sketchserve.training.augment import augment_stroke3, drop_strokes
 from sketchserve.training.config import TrainConfig
 
 # Hook for training on a subset (e.g. one cluster of a model: `--from-cluster`): records in, records out.
