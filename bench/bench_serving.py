@@ -56,10 +56,10 @@ SYNTHETIC_POINTS = 40  # points of a synthetic zig-zag drawing when no real data
 METHODS = (ENCODE, RECONSTRUCT)
 BATCHER = {ENCODE: "encode", RECONSTRUCT: "decode"}  # the batcher whose batch size a method's row reports
 CELL_TIMEOUT_SLACK_S = 60.0  # the worker process's answer may take this long past its window
-QUEUE_HEADROOM = 2  # --max-queue = headroom x the most sketches the load keeps outstanding
-GOALS_SERVED_VS_LIMIT = {1: 0.6, 32: 0.9}  # sketches per call -> served/in-process goal (Encode, top concurrency)
+# The goals of the serving issue (13), each a ratio within one run:
+GOALS_SERVED_VS_LIMIT = {1: 0.8, 32: 0.95}  # sketches per call -> served/in-process goal (Encode, top concurrency)
 GOAL_BATCHING = {ENCODE: 2.5, RECONSTRUCT: 8.0}  # batched/unbatched sketches/s at the top concurrency
-GOAL_P50_EXTRA_MS = 1.0  # p50 at concurrency 1 may exceed the in-process single-sketch time by this much
+GOAL_P50_EXTRA_MS = {ENCODE: 0.5, RECONSTRUCT: 1.0}  # p50 at concurrency 1 minus the in-process single-sketch time
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,29 @@ class Row:
 
 @dataclass(frozen=True)
 class Goal:
+    """One ratio of the report. ``met`` only when there is a goal and every cell it uses ran clean."""
+
     name: str
     measured: float
-    target: str
-    met: bool
+    rule: str | None  # the goal as the report writes it, e.g. ">= 0.8"; None: reported, no goal
+    passes: bool  # the measured value is on the goal's side of the target
+    clean: bool  # every cell it uses was in steady state with no errors
+
+    @property
+    def met(self) -> bool:
+        return self.rule is not None and self.clean and self.passes
+
+    @property
+    def verdict(self) -> str:
+        if self.rule is None:
+            return "(no goal)"
+        if not self.clean:
+            return "not measured (a cell had errors or was not in steady state)"
+        return "yes" if self.passes else "no"
+
+
+def _clean(*rows: Row) -> bool:
+    return all(r.result.steady and not r.result.errors for r in rows)
 
 
 def parse_args(argv: Sequence[str]) -> BenchConfig:
@@ -225,17 +244,10 @@ def run_grid(
 
 
 def served(config: BenchConfig, model_dir: Path, sketches: tuple[bytes, ...]) -> list[Row]:
-    most_outstanding = max(config.concurrency) * max(config.sketches_per_call)
-    common = [
-        "--torch-threads",
-        str(config.torch_threads),
-        "--device",
-        config.device,
-        "--max-queue",
-        str(max(QUEUE_HEADROOM * most_outstanding, max(config.sketches_per_call))),
-        "--max-sketches-per-request",
-        str(max(config.sketches_per_call)),
-    ]
+    # The server exactly as `sketchserve serve` starts it: every setting at its default but the two the
+    # benchmark is about (threads and device, whose defaults are 1 and auto anyway). If a load needs another
+    # setting to run clean, the default is the bug, and the errors column shows it.
+    common = ["--torch-threads", str(config.torch_threads), "--device", config.device]
     rows: list[Row] = []
     with ExitStack() as stack:
         servers = {
@@ -293,8 +305,9 @@ def goals(config: BenchConfig, rows: list[Row], limits: dict) -> list[Goal]:
                 Goal(
                     f"{method} c={top} k={per_call}: served / in-process at batch {limit.batch_size}",
                     ratio,
-                    f">= {target}" if target else "(no goal)",
-                    target is None or ratio >= target,
+                    None if target is None else f">= {target}",
+                    target is not None and ratio >= target,
+                    _clean(row),
                 )
             )
         for per_call in config.sketches_per_call:
@@ -311,6 +324,7 @@ def goals(config: BenchConfig, rows: list[Row], limits: dict) -> list[Goal]:
                     speedup,
                     f">= {GOAL_BATCHING[method]}, p99 no worse",
                     speedup >= GOAL_BATCHING[method] and p99_ok,
+                    _clean(batched, unbatched),
                 )
             )
         single = _find(rows, "batched", method, low, 1)
@@ -321,8 +335,9 @@ def goals(config: BenchConfig, rows: list[Row], limits: dict) -> list[Goal]:
                     f"{method} c={low} k=1: p50 {single.result.p50_ms:.2f} ms minus in-process "
                     f"{limits[(method, 1)].ms_per_batch:.2f} ms",
                     extra,
-                    f"<= {GOAL_P50_EXTRA_MS} ms",
-                    extra <= GOAL_P50_EXTRA_MS,
+                    f"<= {GOAL_P50_EXTRA_MS[method]} ms",
+                    extra <= GOAL_P50_EXTRA_MS[method],
+                    _clean(single),
                 )
             )
     return result
@@ -356,9 +371,9 @@ def report(config: BenchConfig, conditions: list[str], rows: list[Row], limits: 
     lines.append("|---|---:|---:|---:|")
     for (method, size), limit in sorted(limits.items()):
         lines.append(f"| {method} | {size} | {limit.sketches_per_s:.1f} | {limit.ms_per_batch:.2f} |")
-    lines += ["", "Goals (issue 5):", "", "| ratio | measured | goal | met |", "|---|---:|---|---|"]
+    lines += ["", "Goals (issue 13):", "", "| ratio | measured | goal | met |", "|---|---:|---|---|"]
     for g in goal_list:
-        lines.append(f"| {g.name} | {g.measured:.2f} | {g.target} | {'yes' if g.met else 'no'} |")
+        lines.append(f"| {g.name} | {g.measured:.2f} | {g.rule or '-'} | {g.verdict} |")
     return "\n".join(lines) + "\n"
 
 

@@ -302,10 +302,16 @@ def _optional_str(obj: dict[str, object], key: str, line: int, path: Path) -> st
 
 
 def _parse_line(path: Path, line: int, text: str) -> _Parsed:
+    body = text.rstrip("\r\n")  # the line's own terminator is not part of its JSON (and would move the error's column)
     try:
-        obj = json.loads(text)
+        obj = json.loads(body)
     except json.JSONDecodeError as err:
-        raise DataFormatError(path, line, f"invalid JSON ({err.msg} at column {err.colno})") from None
+        column = err.pos + 1  # one line of JSON: the character position is the column, counted from 1
+        if err.pos >= len(body.rstrip()):
+            raise DataFormatError(
+                path, line, f"invalid JSON: the line ends at column {column} before the object does (truncated?)"
+            ) from None
+        raise DataFormatError(path, line, f"invalid JSON ({err.msg} at column {column})") from None
     if not isinstance(obj, dict):
         raise DataFormatError(path, line, f"expected a JSON object, got {type(obj).__name__}")
     for key in ("word", "drawing"):

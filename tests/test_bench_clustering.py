@@ -16,6 +16,7 @@ BENCH_TIMEOUT_S = 300  # generous for a loaded 2-core machine; the run takes ~30
 LINE_WIDTHS = 5  # bench_clustering.LINE_WIDTHS: one baseline row each
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(BENCH_TIMEOUT_S + 30)
 def test_clustering_benchmark_scores_model_and_baselines(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
     sketchrnn = data_dir / "sketchrnn"

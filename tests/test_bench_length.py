@@ -30,6 +30,7 @@ def run_bench(model: Path, data_dir: Path, *extra: str) -> subprocess.CompletedP
     return subprocess.run(command, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, cwd=REPO, check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(2 * BENCH_TIMEOUT_S)
 def test_length_benchmark_measures_how_exactly_the_decoder_draws_its_target(
     tiny_model: Path,

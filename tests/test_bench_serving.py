@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_serving import Goal
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_TIMEOUT_S = 240  # a generous bound for a loaded 2-core machine; the run takes ~20 s
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(BENCH_TIMEOUT_S + 30)
 def test_quick_serving_benchmark_reports_every_cell(tiny_model: Path, tmp_path: Path) -> None:
     report = tmp_path / "serving.md"
@@ -44,4 +46,23 @@ def test_quick_serving_benchmark_reports_every_cell(tiny_model: Path, tmp_path: 
         assert cells[9] == "0", row  # no failed calls
     unbatched = [r for r in rows if r.startswith("| unbatched |")]
     assert all(float(r.strip("|").split("|")[8]) == 1.0 for r in unbatched)  # batching off: batches of 1
+    # Batching on, 2 sketches per call: every batch holds at least a whole call, so the mean is above 1.
+    batched_pairs = [r for r in rows if r.startswith("| batched |") and r.strip("|").split("|")[3].strip() == "2"]
+    assert batched_pairs and all(float(r.strip("|").split("|")[8]) >= 2.0 for r in batched_pairs)
     assert "served / in-process" in text and "batched / unbatched" in text and "p50" in text
+
+
+@pytest.mark.parametrize(
+    ("rule", "passes", "clean", "met", "verdict"),
+    [
+        (None, True, True, False, "(no goal)"),  # a ratio reported without a goal is never "met"
+        (">= 0.8", True, True, True, "yes"),
+        (">= 0.8", False, True, False, "no"),
+        (">= 0.8", True, False, False, "not measured (a cell had errors or was not in steady state)"),
+    ],
+)
+def test_a_goal_is_met_only_when_set_passed_and_measured_clean(
+    rule: str | None, passes: bool, clean: bool, met: bool, verdict: str
+) -> None:
+    goal = Goal("served / in-process", 0.9, rule, passes, clean)
+    assert goal.met is met and goal.verdict == verdict

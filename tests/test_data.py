@@ -127,7 +127,8 @@ def write_lines(path: Path, lines: list[object]) -> Path:
 @pytest.mark.parametrize(
     ("bad_line", "message"),
     [
-        ('{"word": "cat", "drawing": [[[0, 1]', "invalid JSON"),
+        ('{"word": "cat", "drawing": [[[0, 1]', "invalid JSON: the line ends at column 36 before the object does"),
+        ('{"word": "cat", "drawing": [[[0, x]]]}', "invalid JSON (Expecting value at column 34)"),
         ("[1, 2]", "expected a JSON object"),
         ({"word": "cat"}, "missing key 'drawing'"),
         ({"drawing": [[[0], [0]]]}, "missing key 'word'"),
@@ -142,6 +143,7 @@ def write_lines(path: Path, lines: list[object]) -> Path:
         ({"word": 3, "drawing": [[[0], [0]]]}, "'word' must be a string"),
     ],
     ids=[
+        "truncated-json",
         "bad-json",
         "not-object",
         "no-drawing",

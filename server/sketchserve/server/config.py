@@ -30,7 +30,8 @@ class ServerConfig:
     port_file: Path | None = field(default=None, metadata={"help": "write the bound port to this file"})
     # auto takes CUDA when present: the same command serves on a laptop and a GPU box.
     device: str = field(default="auto", metadata={"help": DEVICE_CHOICES_HELP})
-    # The scripted encoder gains ~3x throughput from 1 to 32 on 2 CPU cores and little beyond.
+    # The scripted encoder gains ~2.4x throughput from batch 1 to 32 on 2 CPU cores (in-process, 483 -> 1,165
+    # sketches/s: docs/benchmarks.md, "Serving") and little beyond.
     max_batch_size: int = field(default=32, metadata={"help": "most sketches in one forward pass"})
     # 0: a batch starts as soon as the worker is free; what arrives while it runs forms the next
     # batch, so batches grow with load by themselves and a lone call waits for nothing (the c=1
