@@ -15,7 +15,7 @@ ROOTS := .:client:server:training
 # Where the real data the benchmarks read lives.
 DATA ?= ../shared/data
 
-.PHONY: all install proto test test-quick lint serve bench clean
+.PHONY: all install proto test test-quick lint serve bench figures clean
 
 all: install
 
@@ -67,6 +67,10 @@ bench: install
 	$(BIN)/python bench/bench_preprocess.py --data $(DATA)
 	$(BIN)/python bench/bench_serving.py --model $(MODEL)
 	$(BIN)/python bench/bench_clustering.py --model $(MODEL)
+
+# The published tables, rendered from bench/results/*.json (tests/test_figures.py fails when they drift).
+figures: install
+	$(BIN)/python bench/render.py
 
 clean:
 	rm -rf $(VENV) $(PB_DIR)/sketch build *.egg-info .install.lock

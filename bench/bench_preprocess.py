@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -60,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("SKETCHSERVE_DATA", DEFAULT_DATA)))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None, help="also write the result file here (bench/results.py)")
     args = parser.parse_args(argv)
     _pin_to_one_core()
     from agreement import compare_drawings  # after pinning, so numpy starts single-threaded
+    from results import Table, finish, new_result
+
+    result = new_result("preprocess", sys.argv[1:] if argv is None else argv)
 
     from sketchserve import strokes
 
@@ -95,10 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         ("identical to Google's simplified", f"{agreement.identical} ({agreement.identical_rate:.1%})"),
         ("mean distance of matched points", f"{agreement.mean_distance:.3f} units (0-255 frame)"),
     ]
+    finish(result)
+    result.tables["preprocess"] = Table(["measure", "value"], [list(row) for row in rows])
+    result.notes.append("One core (affinity and one BLAS thread); speed is the best CPU time of the repeats.")
+    if args.json is not None:
+        result.write(args.json)
     width = max(len(name) for name, _ in rows)
-    out = [f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}"]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    out.append(f"machine: {platform.machine()}, python {platform.python_version()}, 1 core, load average {load:.1f}")
+    out = [f"command: {result.command}"]
+    machine = result.machine
+    out.append(
+        f"machine: {machine['machine']}, python {machine['python']}, 1 core, "
+        f"load average {machine['load_before']} before / {machine['load_after']} after"
+    )
     out += [f"{name.ljust(width)}  {value}" for name, value in rows]
     sys.stdout.write("\n".join(out) + "\n")
     return 0

@@ -26,10 +26,8 @@ import logging
 import math
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -37,6 +35,7 @@ from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
+from results import Table, finish, new_result
 from serving_load import ENCODE, RECONSTRUCT, CellResult, CellSpec, run_cell
 from serving_server import ServerProcess
 
@@ -75,6 +74,7 @@ class BenchConfig:
     torch_threads: int  # server and in-process alike (the server's default is 1)
     device: str  # server and in-process alike: cpu, cuda or cuda:N
     out: Path | None
+    json: Path | None  # the result file (bench/results.py) the docs render from
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,7 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
         "--device", default="cpu", help="server and in-process: cpu, cuda or cuda:N (default %(default)s)"
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result file here (bench/results.py)")
     args = parser.parse_args(list(argv))
     quick = args.quick
     config = BenchConfig(
@@ -146,6 +147,7 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
         torch_threads=args.torch_threads,
         device=args.device,
         out=args.out,
+        json=args.json,
     )
     if config.duration_s <= 0 or config.warmup_s < 0 or config.max_calls < 1 or config.max_points < 1:
         parser.error("--duration and --max-calls and --max-points must be positive, --warmup >= 0")
@@ -347,33 +349,66 @@ def _errors(result: CellResult) -> str:
     return ", ".join(f"{code} {n}" for code, n in sorted(result.errors.items())) or "0"
 
 
-def report(config: BenchConfig, conditions: list[str], rows: list[Row], limits: dict, goal_list: list[Goal]) -> str:
-    header = (
-        "| server | method | concurrency | sketches/call | calls/s | sketches/s | p50 ms | p99 ms | mean batch "
-        "| errors | window s |"
+def tables(rows: list[Row], limits: dict, goal_list: list[Goal]) -> dict[str, Table]:
+    """The three tables of a run: every cell, the in-process limits, the goals."""
+    cells = Table(
+        [
+            "server",
+            "method",
+            "concurrency",
+            "sketches/call",
+            "calls/s",
+            "sketches/s",
+            "p50 ms",
+            "p99 ms",
+            "mean batch",
+            "errors",
+            "window s",
+        ],
+        [
+            [
+                r.server,
+                r.method,
+                str(r.concurrency),
+                str(r.sketches_per_call),
+                f"{r.result.calls_per_s:.1f}",
+                f"{r.result.sketches_per_s:.1f}{'' if r.result.steady else ' *'}",
+                f"{r.result.p50_ms:.2f}",
+                f"{r.result.p99_ms:.2f}",
+                f"{r.mean_batch:.1f}",
+                _errors(r.result),
+                f"{r.result.window_s:.1f}",
+            ]
+            for r in rows
+        ],
     )
-    lines = [*conditions, "", header]
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-    for r in rows:
-        c = r.result
-        lines.append(
-            f"| {r.server} | {r.method} | {r.concurrency} | {r.sketches_per_call} | {c.calls_per_s:.1f} | "
-            f"{c.sketches_per_s:.1f}{'' if c.steady else ' *'} | {c.p50_ms:.2f} | {c.p99_ms:.2f} | "
-            f"{r.mean_batch:.1f} | {_errors(c)} | {c.window_s:.1f} |"
-        )
+    limit_table = Table(
+        ["method", "batch", "sketches/s", "ms/batch"],
+        [
+            [method, str(size), f"{limit.sketches_per_s:.1f}", f"{limit.ms_per_batch:.2f}"]
+            for (method, size), limit in sorted(limits.items())
+        ],
+    )
+    goal_table = Table(
+        ["ratio", "measured", "goal", "met"],
+        [[g.name, f"{g.measured:.2f}", g.rule or "-", g.verdict] for g in goal_list],
+    )
+    return {"cells": cells, "limits": limit_table, "goals": goal_table}
+
+
+def unsteady_note(config: BenchConfig) -> str:
+    return (
+        f"\\* not in steady state: the first round of calls had not come back {config.max_round_s} s after "
+        "the warm-up; the window measured the calls that finished first, so latencies are too low."
+    )
+
+
+def report(config: BenchConfig, conditions: list[str], rows: list[Row], parts: dict[str, Table]) -> str:
+    lines = [*conditions, "", parts["cells"].markdown()]
     if not all(r.result.steady for r in rows):
-        lines += [
-            "",
-            f"\\* not in steady state: the first round of calls had not come back {config.max_round_s} s after "
-            "the warm-up; the window measured the calls that finished first, so latencies are too low.",
-        ]
-    lines += ["", "In-process limit (the artifact, no gRPC):", "", "| method | batch | sketches/s | ms/batch |"]
-    lines.append("|---|---:|---:|---:|")
-    for (method, size), limit in sorted(limits.items()):
-        lines.append(f"| {method} | {size} | {limit.sketches_per_s:.1f} | {limit.ms_per_batch:.2f} |")
-    lines += ["", "Goals (issue 13):", "", "| ratio | measured | goal | met |", "|---|---:|---|---|"]
-    for g in goal_list:
-        lines.append(f"| {g.name} | {g.measured:.2f} | {g.rule or '-'} | {g.verdict} |")
+        lines += ["", unsteady_note(config)]
+    lines += ["", "In-process limit (the artifact, no gRPC):", "", parts["limits"].markdown()]
+    lines += ["", "Goals (issue 13):", "", parts["goals"].markdown()]
     return "\n".join(lines) + "\n"
 
 
@@ -397,22 +432,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         drawings = load_drawings(model_max)
         log.info("%s", drawings.source)
         pool = tuple(sketch_to_pb(s).SerializeToString() for s in drawings.sketches)
-        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        load_before = os.getloadavg()[0]
+        result = new_result("serving", sys.argv[1:] if argv is None else argv)
         rows = served(config, model_dir, pool)
         log.info("measuring the artifact in-process")
         limits = in_process(config, model_dir, drawings.canonical, rows)
+        finish(result)
+        machine = result.machine
+        setting = (
+            f"model {manifest.get('name')} {manifest.get('version')} ({model_dir.name}); {drawings.source}; "
+            f"device {device_name(config.device)}; torch threads {config.torch_threads}; server at its defaults "
+            f"otherwise; Reconstruct max_points {config.max_points}; warm-up {config.warmup_s} s, window at least "
+            f"{config.duration_s} s per cell (two of the slowest calls, up to {config.max_round_s} s)."
+        )
         conditions = [
-            f"Run {started} on {platform.machine()} with {os.cpu_count()} CPUs, load average {load_before:.2f} "
-            f"before / {os.getloadavg()[0]:.2f} after; model {manifest.get('name')} {manifest.get('version')} "
-            f"({model_dir}); {drawings.source}; device {device_name(config.device)}; torch threads "
-            f"{config.torch_threads}; Reconstruct max_points {config.max_points}; warm-up {config.warmup_s} s, "
-            f"window at least {config.duration_s} s per cell (two of the slowest calls, up to {config.max_round_s} s).",
+            f"Run {result.date} on {machine['machine']} with {machine['cpus']} CPUs, load average "
+            f"{machine['load_before']} before / {machine['load_after']} after; {setting}"
         ]
-        text = report(config, conditions, rows, limits, goals(config, rows, limits))
+        result.tables = tables(rows, limits, goals(config, rows, limits))
+        result.notes = [setting] + ([unsteady_note(config)] if not all(r.result.steady for r in rows) else [])
+        text = report(config, conditions, rows, result.tables)
     sys.stdout.write(text)
     if config.out is not None:
         config.out.write_text(text, encoding="utf-8")
+    if config.json is not None:
+        result.write(config.json)
     return 0
 
 

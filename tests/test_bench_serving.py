@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from bench_serving import Goal
+from results import load_result
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_TIMEOUT_S = 240  # a generous bound for a loaded 2-core machine; the run takes ~20 s
@@ -33,6 +34,8 @@ def test_quick_serving_benchmark_reports_every_cell(tiny_model: Path, tmp_path: 
         "16",
         "--out",
         str(report),
+        "--json",
+        str(tmp_path / "serving.json"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -50,6 +53,10 @@ def test_quick_serving_benchmark_reports_every_cell(tiny_model: Path, tmp_path: 
     batched_pairs = [r for r in rows if r.startswith("| batched |") and r.strip("|").split("|")[3].strip() == "2"]
     assert batched_pairs and all(float(r.strip("|").split("|")[8]) >= 2.0 for r in batched_pairs)
     assert "served / in-process" in text and "batched / unbatched" in text and "p50" in text
+    result = load_result(tmp_path / "serving.json")  # the file the docs render from holds the same cells
+    assert [" | ".join(r) for r in result.tables["cells"].rows] == [r.strip("| ") for r in rows]
+    assert result.command.startswith(".venv/bin/python bench/bench_serving.py --model")
+    assert set(result.machine) >= {"cpus", "load_before", "load_after"} and result.commit
 
 
 @pytest.mark.parametrize(
