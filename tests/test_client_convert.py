@@ -79,7 +79,11 @@ def test_large_encode_is_chunked_onto_a_stream() -> None:
     config = ClientConfig(max_sketches_per_call=64)
     plan = plans.encode([TRIANGLE_S3] * 150, config)
     assert plan.streaming and plan.method == "EncodeStream"
-    assert [len(r.sketches) for r in plan.requests] == [64, 64, 22]
+    assert [len(r.packed.sketch_strokes) for r in plan.requests] == [64, 64, 22]  # packed by default
+    assert all(r.packed_response and not r.sketches for r in plan.requests)
+    readable = plans.encode([TRIANGLE_S3] * 150, ClientConfig(max_sketches_per_call=64, packed=False))
+    assert [len(r.sketches) for r in readable.requests] == [64, 64, 22]
+    assert not any(r.HasField("packed") or r.packed_response for r in readable.requests)
     assert plan.offsets == (0, 64, 128)
     single = plans.encode([TRIANGLE_S3] * 3, config)
     assert not single.streaming and single.method == "Encode" and len(single.requests) == 1
@@ -129,7 +133,7 @@ def test_reconstruct_plans() -> None:
     assert [len(r.latents) for r in plan.requests] == [2, 2, 1]
     assert plan.requests[0].seed == 9 and plan.requests[0].max_points == 40
     by_sketch = plans.reconstruct([TRIANGLE_S3], None, sampling, config)
-    assert len(by_sketch.requests[0].sketches) == 1
+    assert len(by_sketch.requests[0].packed.sketch_strokes) == 1
     with pytest.raises(ValueError, match="exactly one"):
         plans.reconstruct(None, None, sampling, config)
     with pytest.raises(ValueError, match="latents: values must be finite"):

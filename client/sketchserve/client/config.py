@@ -34,6 +34,11 @@ class ClientConfig:
     # Wait for the channel to connect (up to the deadline) instead of failing at
     # once when the server is not up yet; off so a wrong address fails fast.
     wait_for_ready: bool = False
+    # Send sketches in the proto's packed form (one float32 buffer and two count
+    # lists) and take Encode's embeddings packed: far less protobuf work on both
+    # sides than one message per stroke (docs/benchmarks.md, "Serving"); off sends
+    # the readable form, e.g. to a server older than the packed fields.
+    packed: bool = True
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
+from sketchserve import packed
 from sketchserve.client.types import Cluster, ModelInfo, Sketch
 from sketchserve.pb.sketch.v1 import sketch_pb2
 
@@ -66,6 +68,37 @@ def sketch_to_pb(sketch: Sketch) -> sketch_pb2.Sketch:
     return sketch_pb2.Sketch(
         strokes=[sketch_pb2.Stroke(x=stroke[:, 0].tolist(), y=stroke[:, 1].tolist()) for stroke in sketch.strokes],
         id=sketch.id,
+    )
+
+
+def sketches_to_packed_pb(sketches: Sequence[Sketch]) -> sketch_pb2.PackedSketches:
+    """Sketches in the proto's packed form (``sketchserve.packed``); ids only when some sketch has one."""
+    ids = [s.id for s in sketches] if any(s.id for s in sketches) else []
+    parts = packed.pack([list(s.strokes) for s in sketches], ids)
+    return sketch_pb2.PackedSketches(
+        points=parts.points,
+        stroke_points=parts.stroke_points.tolist(),
+        sketch_strokes=parts.sketch_strokes.tolist(),
+        ids=list(parts.ids),
+    )
+
+
+class Embeddings(NamedTuple):
+    mu: np.ndarray  # (N, latent_size) float32
+    sigma: np.ndarray
+
+
+def embeddings_from_pb(response: sketch_pb2.EncodeResponse) -> Embeddings:
+    """The embeddings of an EncodeResponse, packed or readable."""
+    if response.HasField("packed"):
+        width = response.packed.latent_size
+        return Embeddings(
+            packed.unpack_rows(response.packed.mu, width, "packed.mu"),
+            packed.unpack_rows(response.packed.sigma, width, "packed.sigma"),
+        )
+    return Embeddings(
+        float_matrix([e.mu for e in response.embeddings]),
+        float_matrix([e.sigma for e in response.embeddings]),
     )
 
 

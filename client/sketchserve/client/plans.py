@@ -56,25 +56,35 @@ def _model_version(responses: Sequence[Any]) -> str:
 
 
 def _sketch_requests(
-    sketches: Sequence[SketchInput], config: ClientConfig, make: Callable[[list[sketch_pb2.Sketch]], Any]
+    sketches: Sequence[SketchInput], config: ClientConfig, make: Callable[[dict[str, Any]], Any]
 ) -> tuple[tuple[Any, ...], tuple[int, ...]]:
-    messages = [convert.sketch_to_pb(s) for s in convert.as_sketches(sketches)]
-    bounds = chunk_bounds(len(messages), config.max_sketches_per_call)
-    return tuple(make(messages[a:b]) for a, b in bounds), tuple(a for a, _ in bounds)
+    """Chunks of the input, each made into a request by ``make(fields)``: ``fields`` holds the chunk as
+    ``packed`` (the default) or as readable ``sketches``, ready to pass to the request's constructor."""
+    items = convert.as_sketches(sketches)
+    bounds = chunk_bounds(len(items), config.max_sketches_per_call)
+
+    def fields(chunk: list[Any]) -> dict[str, Any]:
+        if config.packed:
+            return {"packed": convert.sketches_to_packed_pb(chunk)}
+        return {"sketches": [convert.sketch_to_pb(s) for s in chunk]}
+
+    return tuple(make(fields(items[a:b])) for a, b in bounds), tuple(a for a, _ in bounds)
 
 
 def merge_encode(responses: list[sketch_pb2.EncodeResponse]) -> EncodeResult:
-    embeddings = [e for r in responses for e in r.embeddings]
+    parts = [convert.embeddings_from_pb(r) for r in responses]
     return EncodeResult(
-        mu=convert.float_matrix([e.mu for e in embeddings]),
-        sigma=convert.float_matrix([e.sigma for e in embeddings]),
+        mu=np.concatenate([p.mu for p in parts]),
+        sigma=np.concatenate([p.sigma for p in parts]),
         model_version=_model_version(responses),
     )
 
 
 def encode(sketches: Sequence[SketchInput], config: ClientConfig) -> CallPlan[EncodeResult]:
     """Encode; an input spanning several requests goes over one EncodeStream."""
-    requests, offsets = _sketch_requests(sketches, config, lambda s: sketch_pb2.EncodeRequest(sketches=s))
+    requests, offsets = _sketch_requests(
+        sketches, config, lambda s: sketch_pb2.EncodeRequest(**s, packed_response=config.packed)
+    )
     streaming = len(requests) > 1
     return CallPlan("EncodeStream" if streaming else "Encode", requests, offsets, merge_encode, streaming)
 
@@ -95,7 +105,7 @@ def merge_assign(responses: list[sketch_pb2.AssignResponse]) -> AssignResult:
 def assign(sketches: Sequence[SketchInput], top_k: int, config: ClientConfig) -> CallPlan[AssignResult]:
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    requests, offsets = _sketch_requests(sketches, config, lambda s: sketch_pb2.AssignRequest(sketches=s, top_k=top_k))
+    requests, offsets = _sketch_requests(sketches, config, lambda s: sketch_pb2.AssignRequest(**s, top_k=top_k))
     return CallPlan("Assign", requests, offsets, merge_assign)
 
 
@@ -109,7 +119,7 @@ def merge_score(responses: list[sketch_pb2.ScoreResponse]) -> ScoreResult:
 
 
 def score(sketches: Sequence[SketchInput], config: ClientConfig) -> CallPlan[ScoreResult]:
-    requests, offsets = _sketch_requests(sketches, config, lambda s: sketch_pb2.ScoreRequest(sketches=s))
+    requests, offsets = _sketch_requests(sketches, config, lambda s: sketch_pb2.ScoreRequest(**s))
     return CallPlan("Score", requests, offsets, merge_score)
 
 
@@ -148,9 +158,7 @@ def reconstruct(
         raise ValueError("give exactly one of sketches or latents")
     settings = {"temperature": sampling.temperature, "max_points": sampling.max_points, "seed": sampling.seed}
     if sketches is not None:
-        requests, offsets = _sketch_requests(
-            sketches, config, lambda s: sketch_pb2.ReconstructRequest(sketches=s, **settings)
-        )
+        requests, offsets = _sketch_requests(sketches, config, lambda s: sketch_pb2.ReconstructRequest(**s, **settings))
         return CallPlan("Reconstruct", requests, offsets, merge_reconstruct)
     codes = convert.latents_to_pb(convert.as_latents(latents))
     bounds = chunk_bounds(len(codes), config.max_sketches_per_call)

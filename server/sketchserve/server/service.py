@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
+from sketchserve.packed import PackedFormatError, PackedSketches, pack_rows, unpack
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.clusters import ClusterTable
 from sketchserve.server.errors import FailedPrecondition, InvalidRequest, NotReady
@@ -46,10 +47,26 @@ class ServingState:
         return self.engine.spec.version
 
 
-def _sketch_error(index: int, sketch: sketch_pb2.Sketch, prefix: str, field: str, message: str) -> InvalidRequest:
+def _sketch_error(index: int, sketch_id: str, prefix: str, field: str, message: str) -> InvalidRequest:
     """``sketches[3].strokes[1].y (id 'cat-7'): message``; the id only when the caller set one."""
     path = f"{prefix}sketches[{index}]{'.' + field if field else ''}"
-    return InvalidRequest(f"{path} (id {sketch.id!r})" if sketch.id else path, message)
+    return InvalidRequest(f"{path} (id {sketch_id!r})" if sketch_id else path, message)
+
+
+@dataclass(frozen=True)
+class RequestSketches:
+    """A request's sketches as validated drawings, and the caller's ids (for error messages)."""
+
+    drawings: list[Drawing]
+    ids: Sequence[str]
+
+    def id_of(self, index: int) -> str:
+        return self.ids[index] if index < len(self.ids) else ""
+
+
+SketchRequest = (
+    sketch_pb2.EncodeRequest | sketch_pb2.AssignRequest | sketch_pb2.ReconstructRequest | sketch_pb2.ScoreRequest
+)
 
 
 def check_count(count: int, limit: int, field: str, prefix: str = "") -> None:
@@ -68,8 +85,36 @@ def sketches_to_drawings(sketches: Sequence[sketch_pb2.Sketch], *, limit: int, p
         try:
             drawings.append(drawing_from_xy([(stroke.x, stroke.y) for stroke in sketch.strokes]))
         except InvalidDrawingError as err:
-            raise _sketch_error(i, sketch, prefix, err.field, err.message) from None
+            raise _sketch_error(i, sketch.id, prefix, err.field, err.message) from None
     return drawings
+
+
+def packed_to_drawings(message: sketch_pb2.PackedSketches, *, limit: int, prefix: str = "") -> list[Drawing]:
+    """Validate packed sketches (vectorised, ``sketchserve.packed``) into Drawings, naming the fault as the
+    readable form's checks do."""
+    check_count(len(message.sketch_strokes), limit, "sketches", prefix)
+    packed = PackedSketches(
+        message.points, np.asarray(message.stroke_points), np.asarray(message.sketch_strokes), tuple(message.ids)
+    )
+    try:
+        return unpack(packed)
+    except PackedFormatError as err:
+        if err.sketch is None:
+            raise InvalidRequest(prefix + err.field, err.message) from None
+        sketch_id = packed.ids[err.sketch] if packed.ids else ""
+        field = err.field.removeprefix(f"sketches[{err.sketch}].")
+        raise _sketch_error(err.sketch, sketch_id, prefix, field, err.message) from None
+
+
+def request_sketches(request: SketchRequest, *, limit: int, prefix: str = "") -> RequestSketches:
+    """The sketches of a request in whichever form it gives them (readable ``sketches`` or ``packed``)."""
+    if request.HasField("packed"):
+        if request.sketches:
+            raise InvalidRequest(prefix + "packed", "give the sketches either readable (sketches) or packed, not both")
+        drawings = packed_to_drawings(request.packed, limit=limit, prefix=prefix)
+        return RequestSketches(drawings, tuple(request.packed.ids))
+    drawings = sketches_to_drawings(request.sketches, limit=limit, prefix=prefix)
+    return RequestSketches(drawings, [s.id for s in request.sketches])
 
 
 def latents_to_array(latents: Sequence[sketch_pb2.Embedding], latent_size: int, limit: int) -> np.ndarray:
@@ -154,16 +199,16 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
     async def _encoded(
         self,
         state: ServingState,
-        sketches: Sequence[sketch_pb2.Sketch],
+        request: SketchRequest,
         context: grpc.aio.ServicerContext,
         prefix: str = "",
     ) -> list[Encoded]:
         """Validate, preprocess and encode the request's sketches (through the encode batcher)."""
-        drawings = sketches_to_drawings(sketches, limit=state.max_sketches_per_request, prefix=prefix)
+        sketches = request_sketches(request, limit=state.max_sketches_per_request, prefix=prefix)
         try:
-            return await state.engine.encode(drawings, timeout=context.time_remaining())
+            return await state.engine.encode(sketches.drawings, timeout=context.time_remaining())
         except SketchTooLong as err:
-            raise _sketch_error(err.index, sketches[err.index], prefix, "", str(err)) from None
+            raise _sketch_error(err.index, sketches.id_of(err.index), prefix, "", str(err)) from None
 
     async def _encode(
         self,
@@ -172,7 +217,14 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
         context: grpc.aio.ServicerContext,
         prefix: str = "",
     ) -> sketch_pb2.EncodeResponse:
-        encoded = await self._encoded(state, request.sketches, context, prefix)
+        encoded = await self._encoded(state, request, context, prefix)
+        if request.packed_response:
+            packed = sketch_pb2.PackedEmbeddings(
+                latent_size=state.engine.spec.latent_size,
+                mu=pack_rows(np.stack([e.mu for e in encoded])),
+                sigma=pack_rows(np.stack([e.sigma for e in encoded])),
+            )
+            return sketch_pb2.EncodeResponse(packed=packed, model_version=state.version)
         return sketch_pb2.EncodeResponse(
             embeddings=[embedding_to_proto(e) for e in encoded], model_version=state.version
         )
@@ -187,7 +239,7 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
     ) -> sketch_pb2.AssignResponse:
         state = self._ready()
         clusters = self._clusters(state)
-        encoded = await self._encoded(state, request.sketches, context)
+        encoded = await self._encoded(state, request, context)
         neighbors = clusters.nearest(np.stack([e.mu for e in encoded]), request.top_k or 1)
         assignments = [
             sketch_pb2.Assignment(
@@ -204,7 +256,7 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
     ) -> sketch_pb2.ReconstructResponse:
         state = self._ready()
         spec = state.engine.spec
-        if request.sketches and request.latents:
+        if (request.sketches or request.HasField("packed")) and request.latents:
             raise InvalidRequest("latents", "give either sketches or latents, not both")
         temperature = check_temperature(request.temperature)
         max_points = resolve_max_points(request.max_points, spec.max_seq_len)
@@ -212,7 +264,7 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
         if request.latents:
             latents = latents_to_array(request.latents, spec.latent_size, state.max_sketches_per_request)
         else:
-            encoded = await self._encoded(state, request.sketches, context)
+            encoded = await self._encoded(state, request, context)
             latents = np.stack([e.mu for e in encoded])
             targets = [len(e.stroke3) for e in encoded]
         drawings = await state.engine.sample(
@@ -231,7 +283,7 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
         self, request: sketch_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> sketch_pb2.ScoreResponse:
         state = self._ready()
-        encoded = await self._encoded(state, request.sketches, context)
+        encoded = await self._encoded(state, request, context)
         scores = await state.engine.score(encoded, timeout=context.time_remaining())
         return sketch_pb2.ScoreResponse(
             scores=[sketch_pb2.SketchScore(reconstruction_nll=s.reconstruction_nll, kl=s.kl) for s in scores],
