@@ -5,12 +5,43 @@ Measurement only, so it lives beside the benchmarks, not in the shared stroke fo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from sketchserve.strokes import Drawing
+from sketchserve.strokes import Drawing, drawing_from_xy
+
+
+class RawSimplifiedPairs(NamedTuple):
+    """Raw drawings and their simplified twins (same ``key_id``), in file order."""
+
+    raws: list[Drawing]
+    twins: list[Drawing]
+
+
+def read_xy(path: Path) -> list[tuple[str, list]]:
+    """``(key_id, [(xs, ys), ...])`` of every record of an ndjson file (timestamps dropped)."""
+    with path.open() as handle:
+        return [(rec["key_id"], [(s[0], s[1]) for s in rec["drawing"]]) for rec in map(json.loads, handle)]
+
+
+def raw_simplified_pairs(data_dir: Path) -> RawSimplifiedPairs:
+    """Every raw drawing under ``data_dir/raw`` whose simplified twin is under ``data_dir/simplified``."""
+    pairs = RawSimplifiedPairs([], [])
+    for raw_path in sorted((data_dir / "raw").glob("*.ndjson")):
+        simplified_path = data_dir / "simplified" / raw_path.name
+        if not simplified_path.exists():
+            continue
+        reference = dict(read_xy(simplified_path))
+        for key, xy in read_xy(raw_path):
+            if key in reference:
+                pairs.raws.append(drawing_from_xy(xy))
+                pairs.twins.append(drawing_from_xy(reference[key]))
+    return pairs
 
 
 @dataclass(frozen=True)

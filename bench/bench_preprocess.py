@@ -14,7 +14,6 @@ how the canonical form of every raw drawing agrees with its simplified twin.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -50,11 +49,6 @@ def _best_time(run: Callable[[], object], repeats: int) -> Timing:
     return best
 
 
-def _read_xy(path: Path) -> list[tuple[str, list]]:
-    with path.open() as handle:
-        return [(rec["key_id"], [(s[0], s[1]) for s in rec["drawing"]]) for rec in map(json.loads, handle)]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("SKETCHSERVE_DATA", DEFAULT_DATA)))
@@ -62,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the result file here (bench/results.py)")
     args = parser.parse_args(argv)
     _pin_to_one_core()
-    from agreement import compare_drawings  # after pinning, so numpy starts single-threaded
+    from agreement import (  # after pinning, so numpy starts single-threaded
+        compare_drawings,
+        raw_simplified_pairs,
+        read_xy,
+    )
     from results import Table, finish, new_result
 
     result = new_result("preprocess", sys.argv[1:] if argv is None else argv)
@@ -73,20 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     if not simplified:
         sys.stderr.write(f"no simplified ndjson under {args.data}\n")
         return 1
-    drawings = [strokes.drawing_from_xy(xy) for path in simplified for _, xy in _read_xy(path)]
+    drawings = [strokes.drawing_from_xy(xy) for path in simplified for _, xy in read_xy(path)]
     sample = drawings[:ONE_BY_ONE_SAMPLE]
     batched = _best_time(lambda: strokes.preprocess_many(drawings), args.repeats)
     single = _best_time(lambda: [strokes.preprocess(d) for d in sample], args.repeats)
 
-    twins: list[strokes.Drawing] = []
-    raws: list[strokes.Drawing] = []
-    for raw_path in sorted((args.data / "raw").glob("*.ndjson")):
-        reference = dict(_read_xy(args.data / "simplified" / raw_path.name))
-        for key, xy in _read_xy(raw_path):
-            if key in reference:
-                twins.append(strokes.drawing_from_xy(reference[key]))
-                raws.append(strokes.drawing_from_xy(xy))
-    agreement = compare_drawings(strokes.canonicalize_many(raws), twins)
+    pairs = raw_simplified_pairs(args.data)
+    agreement = compare_drawings(strokes.canonicalize_many(pairs.raws), pairs.twins)
 
     rows = [
         ("drawings (simplified ndjson)", f"{len(drawings)}"),

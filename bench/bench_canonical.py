@@ -1,0 +1,203 @@
+"""The canonical form: agreement with Google, idempotence, invariance through the model, bounded cost.
+
+    .venv/bin/python bench/bench_canonical.py [--data ../shared/data] [--model models/face] [--decoded 1000]
+
+Prints four groups of figures (docs/benchmarks.md, "Canonical form", records them):
+
+- agreement of ``canonicalize(raw)`` with Google's simplified twin: identical, and with the
+  twin's point count in every stroke, out of the raw drawings that have one (266);
+- idempotence, ``canonicalize(canonicalize(x)) == canonicalize(x)``, on the simplified ndjson
+  drawings (8,600) and on ``--decoded`` decoder outputs turned back into drawings: half decoded
+  greedily from the encoded training faces, half sampled at ``SAMPLE_TEMPERATURE``;
+- invariance through the model: each test and validation face of ``face.npz`` is shifted,
+  scaled, cast to float32, or replaced by its canonical form, preprocessed and encoded; the
+  largest move of ``mu`` against the goal (``MU_GOAL`` of the median distance between two
+  faces' ``mu``), and how many faces change their nearest cluster;
+- the cost of the 100,000-point zigzag of issue 14 (rejected by the point caps before any
+  work) and of the worst zigzag the caps accept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from agreement import compare_drawings, raw_simplified_pairs, read_xy
+
+from sketchserve import strokes
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "face"
+MU_GOAL = 0.01  # a copy may move mu by at most 1% of the median distance between two faces (issue 17)
+SAMPLE_TEMPERATURE = 0.5  # decoder outputs sampled with noise, unlike the smooth greedy ones
+ZIGZAG_POINTS = 100_000  # issue 14's adversarial stroke
+SHIFT = np.array([1234.5, -987.25])  # an arbitrary offset, not a multiple of anything in the data
+RANDOM_SCALES_SEED = 17
+SCALE_RANGE = (0.01, 100.0)  # uniform scale factors a client may send (issue 17)
+
+Transform = Callable[[strokes.Drawing], strokes.Drawing]
+
+
+def _scaled(factor: float, float32: bool = False, shift: np.ndarray | None = None) -> Transform:
+    offset = np.zeros(2) if shift is None else shift
+
+    def move(drawing: strokes.Drawing) -> strokes.Drawing:
+        moved = [(stroke + offset) * factor for stroke in drawing]
+        return [stroke.astype(np.float32).astype(np.float64) for stroke in moved] if float32 else moved
+
+    return move
+
+
+def _canonical_then(transform: Transform) -> Transform:
+    return lambda drawing: transform(strokes.canonicalize(drawing))
+
+
+def transformations() -> list[tuple[str, Transform]]:
+    """The copies of a drawing that must reach the model as the drawing does."""
+    rng = np.random.default_rng(RANDOM_SCALES_SEED)
+    low, high = np.log(SCALE_RANGE[0]), np.log(SCALE_RANGE[1])
+    random_scale = float(np.exp(rng.uniform(low, high)))
+    result: list[tuple[str, Transform]] = [("shift", _scaled(1.0, shift=SHIFT))]
+    for factor in (SCALE_RANGE[0], 0.3, 3.0, SCALE_RANGE[1], random_scale):
+        result.append((f"scale {factor:.4g}", _scaled(factor)))
+        result.append((f"scale {factor:.4g}, float32", _scaled(factor, float32=True)))
+    result.append((f"shift, scale {random_scale:.4g}, float32", _scaled(random_scale, float32=True, shift=SHIFT)))
+    result.append(("canonical form", _canonical_then(_scaled(1.0))))
+    result.append(("canonical form, scale 3, float32", _canonical_then(_scaled(3.0, float32=True))))
+    result.append(("canonical form, scale 0.01, float32", _canonical_then(_scaled(0.01, float32=True))))
+    return result
+
+
+@dataclass(frozen=True)
+class MuMove:
+    transformation: str
+    max_move: float  # largest |mu(copy) - mu(original)| over the faces
+    goal: float  # MU_GOAL of the median distance between two faces' mu
+    cluster_changes: int  # faces whose nearest cluster differs from the original's
+
+
+def _nearest(mu: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    return np.argmin(((mu[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2), axis=1)
+
+
+def mu_moves(artifact: Any, faces: Sequence[strokes.Drawing]) -> list[MuMove]:
+    """How far each transformation moves the served ``mu`` of ``faces`` (preprocess, then encode)."""
+    from sketchserve.training.encode import encode_stroke3
+
+    def encode(drawings: Sequence[strokes.Drawing]) -> np.ndarray:
+        return encode_stroke3(artifact, strokes.preprocess_many(drawings), progress=False).astype(np.float64)
+
+    reference = encode(faces)
+    pairwise = np.sqrt(((reference[:, None, :] - reference[None, :, :]) ** 2).sum(axis=2))
+    goal = MU_GOAL * float(np.median(pairwise[np.triu_indices(len(faces), k=1)]))
+    centroids = np.asarray(artifact.clusters["centroids"], dtype=np.float64)
+    clusters = _nearest(reference, centroids)
+    moves = []
+    for name, transform in transformations():
+        mu = encode([transform(face) for face in faces])
+        move = float(np.sqrt(((mu - reference) ** 2).sum(axis=1)).max())
+        moves.append(MuMove(name, move, goal, int((_nearest(mu, centroids) != clusters).sum())))
+    return moves
+
+
+def idempotent_count(drawings: Sequence[strokes.Drawing]) -> int:
+    """How many drawings satisfy ``canonicalize(canonicalize(x)) == canonicalize(x)`` bit for bit."""
+    once = strokes.canonicalize_many(drawings)
+    twice = strokes.canonicalize_many(once)
+    return sum(
+        len(a) == len(b) and all(s.shape == t.shape and np.array_equal(s, t) for s, t in zip(a, b))
+        for a, b in zip(once, twice)
+    )
+
+
+def face_drawings(data: Path, splits: Sequence[str]) -> list[strokes.Drawing]:
+    npz = np.load(data / "sketchrnn" / "face.npz", encoding="latin1", allow_pickle=True)
+    return [strokes.stroke3_to_drawing(s3) for split in splits for s3 in npz[split]]
+
+
+def decoder_outputs(artifact: Any, faces: Sequence[strokes.Drawing], count: int) -> list[strokes.Drawing]:
+    """``count`` decoded drawings: half greedy, half sampled at SAMPLE_TEMPERATURE, from encoded faces."""
+    import torch
+
+    from sketchserve.artifact import sample_decoder, sketch_noise
+    from sketchserve.training.encode import decode_greedy, encode_stroke3
+
+    codes = encode_stroke3(artifact, strokes.preprocess_many(faces[:count]), progress=False)
+    greedy = decode_greedy(artifact, codes[: count // 2])
+    steps = int(artifact.manifest["max_seq_len"])
+    rest = codes[count // 2 :]
+    noise = torch.stack([sketch_noise(seed, steps) for seed in range(len(rest))])
+    with torch.inference_mode():
+        s5, lengths = sample_decoder(
+            artifact.decoder, artifact.manifest, torch.from_numpy(rest), noise, SAMPLE_TEMPERATURE
+        )
+    sampled = [strokes.stroke5_to_stroke3(s5[i, : int(n)].numpy()) for i, n in enumerate(lengths.tolist())]
+    return [strokes.stroke3_to_drawing(s3) for s3 in [*greedy, *sampled] if len(s3)]
+
+
+def zigzag(points: int) -> strokes.Drawing:
+    """Issue 14's adversarial stroke: ``points`` points alternating between y = 0 and y = 255."""
+    n = np.arange(points)
+    return [np.column_stack([np.linspace(0.0, 255.0, points), np.where(n % 2 == 0, 0.0, 255.0)])]
+
+
+def _seconds(run: Callable[[], object]) -> float:
+    start = time.process_time()
+    try:
+        run()
+    except strokes.InvalidDrawingError:
+        pass
+    return time.process_time() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("SKETCHSERVE_DATA", DEFAULT_DATA)))
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--decoded", type=int, default=1000)
+    args = parser.parse_args(argv)
+    from sketchserve.artifact import load_artifact
+
+    pairs = raw_simplified_pairs(args.data)
+    agreement = compare_drawings(strokes.canonicalize_many(pairs.raws), pairs.twins)
+    simplified = [
+        strokes.drawing_from_xy(xy)
+        for path in sorted((args.data / "simplified").glob("*.ndjson"))
+        for _, xy in read_xy(path)
+    ]
+    artifact = load_artifact(args.model)
+    decoded = decoder_outputs(artifact, face_drawings(args.data, ["train"]), args.decoded)
+    out = [f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}"]
+    out.append(f"identical to Google's simplified twin: {agreement.identical} of {agreement.pairs}")
+    out.append(f"twin's point count in every stroke:    {agreement.same_counts} of {agreement.pairs}")
+    out.append(f"idempotent, simplified ndjson:         {idempotent_count(simplified)} of {len(simplified)}")
+    out.append(f"idempotent, decoder outputs:           {idempotent_count(decoded)} of {len(decoded)}")
+    faces = face_drawings(args.data, ["test", "valid"])
+    out.append(f"mu moves on {len(faces)} test and validation faces (goal: {MU_GOAL:.0%} of the median distance):")
+    out.append("| transformation | max mu move | goal | nearest cluster changes |")
+    out.append("|---|---|---|---|")
+    out += [
+        f"| {m.transformation} | {m.max_move:.4f} | {m.goal:.4f} | {m.cluster_changes} |"
+        for m in mu_moves(artifact, faces)
+    ]
+    capped = zigzag(strokes.MAX_STROKE_POINTS)
+    worst = capped * (strokes.MAX_DRAWING_POINTS // strokes.MAX_STROKE_POINTS)
+    for label, drawing in (
+        (f"zigzag of {ZIGZAG_POINTS:,} points (refused)", zigzag(ZIGZAG_POINTS)),
+        (f"zigzag of {strokes.MAX_STROKE_POINTS:,} points (the stroke cap)", capped),
+        (f"{len(worst)} such strokes (the drawing cap)", worst),
+    ):
+        out.append(f"{label}: {_seconds(lambda d=drawing: strokes.preprocess(d)):.3f} CPU s")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
