@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from results import Table, finish, new_result
-from serving_load import ENCODE, RECONSTRUCT, CellResult, CellSpec, run_cell
-from serving_server import ServerProcess
+from serving_load import ENCODE, FORMS, PACKED, RECONSTRUCT, CellResult, CellSpec, run_cell
+from serving_server import CpuPerCall, ServerProcess
 
 from sketchserve import data, strokes
 from sketchserve.artifact import read_manifest
@@ -59,6 +59,7 @@ CELL_TIMEOUT_SLACK_S = 60.0  # the worker process's answer may take this long pa
 GOALS_SERVED_VS_LIMIT = {1: 0.8, 32: 0.95}  # sketches per call -> served/in-process goal (Encode, top concurrency)
 GOAL_BATCHING = {ENCODE: 2.5, RECONSTRUCT: 8.0}  # batched/unbatched sketches/s at the top concurrency
 GOAL_P50_EXTRA_MS = {ENCODE: 0.5, RECONSTRUCT: 1.0}  # p50 at concurrency 1 minus the in-process single-sketch time
+GOAL_CPU_OUTSIDE_MODEL_MS = 0.3  # server CPU per one-sketch Encode call outside the model, at concurrency 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Row:
     sketches_per_call: int
     result: CellResult
     mean_batch: float
+    form: str = PACKED  # how the requests carried their sketches
+    cpu: CpuPerCall | None = None  # the server's CPU per finished call over the whole cell
 
 
 @dataclass(frozen=True)
@@ -218,30 +221,45 @@ def resolve_model(config: BenchConfig, scratch: Path) -> Path:
 
 
 def run_grid(
-    pool: Pool, server: ServerProcess, name: str, config: BenchConfig, sketches: tuple[bytes, ...]
+    pool: Pool,
+    server: ServerProcess,
+    name: str,
+    config: BenchConfig,
+    sketches: tuple[bytes, ...],
+    forms: Sequence[str] = (PACKED,),
 ) -> list[Row]:
     rows = []
-    for method in METHODS:
-        for concurrency in config.concurrency:
-            for per_call in config.sketches_per_call:
-                spec = CellSpec(
-                    server.target,
-                    method,
-                    concurrency,
-                    per_call,
-                    sketches,
-                    config.warmup_s,
-                    config.duration_s,
-                    config.max_calls,
-                    config.max_points,
-                    config.max_round_s,
-                )
-                before = server.batch_totals(BATCHER[method])
-                timeout = config.warmup_s + config.max_round_s + config.duration_s + CELL_TIMEOUT_SLACK_S
-                result = pool.apply_async(run_cell, (spec,)).get(timeout=timeout)
-                mean_batch = server.batch_totals(BATCHER[method]).mean_since(before)
-                rows.append(Row(name, method, concurrency, per_call, result, mean_batch))
-                log.info("%s %s c=%d k=%d: %.1f sketches/s", name, method, concurrency, per_call, result.sketches_per_s)
+    cells = [
+        (method, form, concurrency, per_call)
+        for method in METHODS
+        for form in (forms if method == ENCODE else (PACKED,))  # Reconstruct's cost is the decoder's either way
+        for concurrency in config.concurrency
+        for per_call in config.sketches_per_call
+    ]
+    for method, form, concurrency, per_call in cells:
+        spec = CellSpec(
+            server.target,
+            method,
+            concurrency,
+            per_call,
+            sketches,
+            config.warmup_s,
+            config.duration_s,
+            config.max_calls,
+            config.max_points,
+            config.max_round_s,
+            form,
+        )
+        before = server.batch_totals(BATCHER[method])
+        snapshot = server.snapshot()
+        timeout = config.warmup_s + config.max_round_s + config.duration_s + CELL_TIMEOUT_SLACK_S
+        result = pool.apply_async(run_cell, (spec,)).get(timeout=timeout)
+        cpu = CpuPerCall.between(snapshot, server.snapshot())
+        mean_batch = server.batch_totals(BATCHER[method]).mean_since(before)
+        rows.append(Row(name, method, concurrency, per_call, result, mean_batch, form, cpu))
+        log.info(
+            "%s %s %s c=%d k=%d: %.1f sketches/s", name, method, form, concurrency, per_call, result.sketches_per_s
+        )
     return rows
 
 
@@ -261,7 +279,8 @@ def served(config: BenchConfig, model_dir: Path, sketches: tuple[bytes, ...]) ->
             server.wait_serving()
             log.info("%s server serving on %s", name, server.target)
         for name, server in servers.items():
-            rows += run_grid(pool, server, name, config, sketches)
+            # Packed vs readable side by side on the batched server; the unbatched one takes the client's default.
+            rows += run_grid(pool, server, name, config, sketches, FORMS if name == "batched" else (PACKED,))
     return rows
 
 
@@ -276,7 +295,11 @@ def in_process(config: BenchConfig, model_dir: Path, canonical: list[np.ndarray]
         sizes = {1} | {
             max(1, round(r.mean_batch))
             for r in rows
-            if r.server == "batched" and r.method == method and r.concurrency == top and math.isfinite(r.mean_batch)
+            if r.server == "batched"
+            and r.method == method
+            and r.form == PACKED
+            and r.concurrency == top
+            and math.isfinite(r.mean_batch)
         }
         for size in sorted(sizes):
             results[(method, size)] = measure(
@@ -285,9 +308,11 @@ def in_process(config: BenchConfig, model_dir: Path, canonical: list[np.ndarray]
     return results
 
 
-def _find(rows: list[Row], server: str, method: str, concurrency: int, per_call: int) -> Row | None:
+def _find(rows: list[Row], server: str, method: str, concurrency: int, per_call: int, form: str = PACKED) -> Row | None:
+    """The cell of those settings; the goals read the packed cells (what the Python client sends)."""
+    key = (server, method, concurrency, per_call, form)
     for row in rows:
-        if (row.server, row.method, row.concurrency, row.sketches_per_call) == (server, method, concurrency, per_call):
+        if (row.server, row.method, row.concurrency, row.sketches_per_call, row.form) == key:
             return row
     return None
 
@@ -330,6 +355,16 @@ def goals(config: BenchConfig, rows: list[Row], limits: dict) -> list[Goal]:
                 )
             )
         single = _find(rows, "batched", method, low, 1)
+        if method == ENCODE and single is not None and single.cpu is not None:
+            result.append(
+                Goal(
+                    f"{method} c={low} k=1: server CPU per call outside the model (ms)",
+                    single.cpu.outside_model_ms,
+                    f"<= {GOAL_CPU_OUTSIDE_MODEL_MS} ms",
+                    single.cpu.outside_model_ms <= GOAL_CPU_OUTSIDE_MODEL_MS,
+                    _clean(single),
+                )
+            )
         if single is not None:
             extra = single.result.p50_ms - limits[(method, 1)].ms_per_batch
             result.append(
@@ -355,6 +390,7 @@ def tables(rows: list[Row], limits: dict, goal_list: list[Goal]) -> dict[str, Ta
         [
             "server",
             "method",
+            "form",
             "concurrency",
             "sketches/call",
             "calls/s",
@@ -364,11 +400,15 @@ def tables(rows: list[Row], limits: dict, goal_list: list[Goal]) -> dict[str, Ta
             "mean batch",
             "errors",
             "window s",
+            "server CPU ms/call",
+            "outside the model",
+            "of it preprocessing",
         ],
         [
             [
                 r.server,
                 r.method,
+                r.form,
                 str(r.concurrency),
                 str(r.sketches_per_call),
                 f"{r.result.calls_per_s:.1f}",
@@ -378,6 +418,9 @@ def tables(rows: list[Row], limits: dict, goal_list: list[Goal]) -> dict[str, Ta
                 f"{r.mean_batch:.1f}",
                 _errors(r.result),
                 f"{r.result.window_s:.1f}",
+                "-" if r.cpu is None else f"{r.cpu.total_ms:.3f}",
+                "-" if r.cpu is None else f"{r.cpu.outside_model_ms:.3f}",
+                "-" if r.cpu is None else f"{r.cpu.preprocess_ms:.3f}",
             ]
             for r in rows
         ],

@@ -28,10 +28,14 @@ import grpc.aio
 import numpy as np
 
 from sketchserve.client.config import ClientConfig, channel_options
+from sketchserve.client.convert import sketch_from_pb, sketches_to_packed_pb
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 
 ENCODE = "Encode"
 RECONSTRUCT = "Reconstruct"
+PACKED = "packed"  # sketch.v1.PackedSketches, and Encode's answers packed too
+READABLE = "readable"  # one Sketch message per sketch, one Stroke per stroke
+FORMS = (PACKED, READABLE)
 DISTINCT_REQUESTS = 16  # requests cycled by the workers, so calls differ without building any under load
 CALL_GRACE_S = 5.0  # deadline slack past the window: a call is cancelled at the window's end anyway
 P50, P99 = 50, 99
@@ -50,6 +54,7 @@ class CellSpec:
     max_calls: int
     max_points: int = 0  # Reconstruct: most points per output drawing
     max_round_s: float = 30.0  # longest wait past the warm-up for the first round of completions
+    form: str = PACKED  # how requests carry their sketches: PACKED (the Python client's default) or READABLE
 
 
 @dataclass(frozen=True)
@@ -77,10 +82,14 @@ def build_requests(spec: CellSpec) -> list[object]:
     requests: list[object] = []
     for r in range(DISTINCT_REQUESTS):
         chosen = [pool[(r * spec.sketches_per_call + i) % len(pool)] for i in range(spec.sketches_per_call)]
-        if spec.method == ENCODE:
-            requests.append(sketch_pb2.EncodeRequest(sketches=chosen))
+        if spec.form == PACKED:
+            fields: dict[str, object] = {"packed": sketches_to_packed_pb([sketch_from_pb(s) for s in chosen])}
         else:
-            requests.append(sketch_pb2.ReconstructRequest(sketches=chosen, max_points=spec.max_points, seed=r))
+            fields = {"sketches": chosen}
+        if spec.method == ENCODE:
+            requests.append(sketch_pb2.EncodeRequest(**fields, packed_response=spec.form == PACKED))
+        else:
+            requests.append(sketch_pb2.ReconstructRequest(**fields, max_points=spec.max_points, seed=r))
     return requests
 
 

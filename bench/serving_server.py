@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -24,6 +25,61 @@ STOP_TIMEOUT_S = 30.0  # the server's own grace period is shorter
 METRICS_TIMEOUT_S = 5.0
 LOG_TAIL_CHARS = 2000
 BATCH_SIZE_METRIC = "sketchserve_batch_size"
+BATCH_CPU_METRIC = "sketchserve_batch_cpu_seconds"
+REQUESTS_METRIC = "sketchserve_requests"
+MODEL_BATCHERS = ("encode", "decode")  # the batchers whose time is the model's (preprocess is the other one)
+PREPROCESS_BATCHER = "preprocess"
+# /proc/PID/stat: utime and stime, in clock ticks, are fields 14 and 15 (1-based), i.e. 11 and 12 after the
+# ") " that ends the command name.
+STAT_UTIME_AFTER_COMM = 11
+STAT_STIME_AFTER_COMM = 12
+
+
+@dataclass(frozen=True)
+class ServerSnapshot:
+    """Cumulative counters of a server process at one moment."""
+
+    cpu_s: float  # process CPU time, all threads (user + system)
+    calls: float  # RPCs finished (any status)
+    model_s: float  # CPU time inside model batches (encode and decode batchers)
+    preprocess_s: float  # CPU time inside preprocessing batches
+
+
+@dataclass(frozen=True)
+class CpuPerCall:
+    """Server CPU per finished call over an interval, split by where it went (ms)."""
+
+    total_ms: float
+    model_ms: float
+    preprocess_ms: float
+
+    @property
+    def outside_model_ms(self) -> float:
+        """Everything but the model: gRPC, protobuf conversion and checks, preprocessing, hand-offs."""
+        return self.total_ms - self.model_ms
+
+    @classmethod
+    def between(cls, before: ServerSnapshot, after: ServerSnapshot) -> CpuPerCall:
+        calls = after.calls - before.calls
+        if calls <= 0:
+            return cls(float("nan"), float("nan"), float("nan"))
+        per_call = 1000.0 / calls
+        return cls(
+            (after.cpu_s - before.cpu_s) * per_call,
+            (after.model_s - before.model_s) * per_call,
+            (after.preprocess_s - before.preprocess_s) * per_call,
+        )
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) from /proc; NaN where /proc is absent."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(") ", 1)[1].split()
+    except OSError:
+        return float("nan")
+    ticks = int(fields[STAT_UTIME_AFTER_COMM]) + int(fields[STAT_STIME_AFTER_COMM])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -105,10 +161,27 @@ class ServerProcess:
                     return
         raise RuntimeError(f"server not SERVING after {START_TIMEOUT_S} s:\n{self._log_tail()}")
 
-    def batch_totals(self, batcher: str) -> BatchTotals:
+    def _metrics(self) -> str:
         url = f"http://{HOST}:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_S) as response:
-            text = response.read().decode("utf-8")
+            return str(response.read().decode("utf-8"))
+
+    def snapshot(self) -> ServerSnapshot:
+        """CPU time first, then the metrics (the scrape itself costs the server a little CPU after the reading)."""
+        cpu = process_cpu_seconds(self._process.pid)
+        calls = model = preprocess = 0.0
+        for family in text_string_to_metric_families(self._metrics()):
+            for sample in family.samples:
+                if family.name == REQUESTS_METRIC and sample.name == f"{REQUESTS_METRIC}_total":
+                    calls += sample.value
+                elif family.name == BATCH_CPU_METRIC and sample.name == f"{BATCH_CPU_METRIC}_total":
+                    batcher = sample.labels.get("batcher")
+                    model += sample.value if batcher in MODEL_BATCHERS else 0.0
+                    preprocess += sample.value if batcher == PREPROCESS_BATCHER else 0.0
+        return ServerSnapshot(cpu, calls, model, preprocess)
+
+    def batch_totals(self, batcher: str) -> BatchTotals:
+        text = self._metrics()
         values = {"_sum": 0.0, "_count": 0.0}
         for family in text_string_to_metric_families(text):
             if family.name != BATCH_SIZE_METRIC:

@@ -53,7 +53,7 @@ class Observations:
     batch_sizes: list[int] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
 
-    def on_batch(self, batcher: str, size: int, seconds: float) -> None:
+    def on_batch(self, batcher: str, size: int, seconds: float, cpu_seconds: float) -> None:
         self.batch_sizes.append(size)
 
     def on_dropped(self, batcher: str, reason: str, count: int) -> None:

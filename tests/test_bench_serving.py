@@ -41,20 +41,27 @@ def test_quick_serving_benchmark_reports_every_cell(tiny_model: Path, tmp_path: 
     assert done.returncode == 0, done.stderr[-3000:]
     text = report.read_text()
     assert text == done.stdout
-    rows = [line for line in text.splitlines() if line.startswith(("| batched |", "| unbatched |"))]
-    assert len(rows) == 2 * 2 * 2 * 2  # servers x methods x concurrencies x sketches per call
+    header = next(line for line in text.splitlines() if line.startswith("| server | method |"))
+    names = [c.strip() for c in header.strip("|").split("|")]
+    lines = [line for line in text.splitlines() if line.startswith(("| batched |", "| unbatched |"))]
+    rows = [dict(zip(names, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines]
+    # Encode on the batched server in both forms, everything else packed (the client's default):
+    # batched 2 forms x 2 x 2 Encode + 2 x 2 Reconstruct, unbatched 2 methods x 2 x 2.
+    assert len(rows) == 12 + 8
+    assert {r["form"] for r in rows if r["server"] == "batched" and r["method"] == "Encode"} == {"packed", "readable"}
     for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert float(cells[5]) > 0, row  # sketches/s: every cell completed calls
-        assert cells[9] == "0", row  # no failed calls
-    unbatched = [r for r in rows if r.startswith("| unbatched |")]
-    assert all(float(r.strip("|").split("|")[8]) == 1.0 for r in unbatched)  # batching off: batches of 1
-    # Batching on, 2 sketches per call: every batch holds at least a whole call, so the mean is above 1.
-    batched_pairs = [r for r in rows if r.startswith("| batched |") and r.strip("|").split("|")[3].strip() == "2"]
-    assert batched_pairs and all(float(r.strip("|").split("|")[8]) >= 2.0 for r in batched_pairs)
+        assert float(row["sketches/s"].rstrip(" *")) > 0, row  # every cell completed calls
+        assert row["errors"] == "0", row  # no failed calls
+        cpu, outside = float(row["server CPU ms/call"]), float(row["outside the model"])
+        assert 0 < float(row["of it preprocessing"]) < outside < cpu, row  # CPU on each call, split by where
+    assert all(float(r["mean batch"]) == 1.0 for r in rows if r["server"] == "unbatched")  # batching off
+    # Batching on, 2 sketches per call: every batch holds at least a whole call, so the mean is at least 2.
+    pairs = [r for r in rows if r["server"] == "batched" and r["sketches/call"] == "2"]
+    assert pairs and all(float(r["mean batch"]) >= 2.0 for r in pairs)
     assert "served / in-process" in text and "batched / unbatched" in text and "p50" in text
+    assert "server CPU per call outside the model" in text
     result = load_result(tmp_path / "serving.json")  # the file the docs render from holds the same cells
-    assert [" | ".join(r) for r in result.tables["cells"].rows] == [r.strip("| ") for r in rows]
+    assert [" | ".join(r) for r in result.tables["cells"].rows] == [line.strip("| ") for line in lines]
     assert result.command.startswith(".venv/bin/python bench/bench_serving.py --model")
     assert set(result.machine) >= {"cpus", "load_before", "load_after"} and result.commit
 

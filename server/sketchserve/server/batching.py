@@ -68,7 +68,8 @@ class BatcherClosed(Exception):
 class BatchObserver(Protocol):
     """Receives batching observations (metrics); called from the worker thread."""
 
-    def on_batch(self, batcher: str, size: int, seconds: float) -> None: ...
+    def on_batch(self, batcher: str, size: int, seconds: float, cpu_seconds: float) -> None:
+        """A batch of ``size`` items ran in ``seconds`` (wall clock), of which ``cpu_seconds`` on the worker's CPU."""
 
     def on_dropped(self, batcher: str, reason: str, count: int) -> None: ...
 
@@ -291,7 +292,7 @@ class Batcher(Generic[P, R]):
         return peers
 
     def _run(self, batch: list[_Queued[P]]) -> None:
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         try:
             results = list(self._run_batch(batch[0].item.group, [q.item.payload for q in batch]))
             if len(results) != len(batch):
@@ -302,7 +303,8 @@ class Batcher(Generic[P, R]):
                 self._deliver_exception(request, exc)
             return
         if self._observer is not None:
-            self._observer.on_batch(self.name, len(batch), time.perf_counter() - started)
+            elapsed, cpu = time.perf_counter() - started, time.thread_time() - started_cpu
+            self._observer.on_batch(self.name, len(batch), elapsed, cpu)
         for q, result in zip(batch, results):
             request = q.request
             if request.finished:

@@ -59,6 +59,14 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # CPU time of the batch functions (the worker thread's, with torch's default of one intra-op thread
+        # that is the model's): with process CPU, it splits a call's cost into model and request path.
+        self.batch_cpu = Counter(
+            "sketchserve_batch_cpu_seconds",
+            "CPU time of the batch function on the batcher's worker thread",
+            ["batcher"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "sketchserve_queue_depth",
             "items waiting for a batch",
@@ -77,9 +85,10 @@ class ServerMetrics:
         self.requests.labels(method=method, code=code).inc()
         self.latency.labels(method=method).observe(seconds)
 
-    def on_batch(self, batcher: str, size: int, seconds: float) -> None:
+    def on_batch(self, batcher: str, size: int, seconds: float, cpu_seconds: float) -> None:
         self.batch_size.labels(batcher=batcher).observe(size)
         self.batch_seconds.labels(batcher=batcher).observe(seconds)
+        self.batch_cpu.labels(batcher=batcher).inc(cpu_seconds)
 
     def on_dropped(self, batcher: str, reason: str, count: int) -> None:
         self.dropped.labels(batcher=batcher, reason=reason).inc(count)
