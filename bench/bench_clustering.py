@@ -178,15 +178,12 @@ def baseline_scores(sketches: list[np.ndarray], words: list[str], points: np.nda
 
 
 def model_score(model_dir: Path, sketches: list[np.ndarray], words: list[str], points: np.ndarray) -> Score:
-    import torch
-
-    from sketchserve.artifact import load_artifact
-    from sketchserve.training.encode import encode_stroke3
+    from sketchserve.runtime import SketchRuntime
 
     started = time.perf_counter()
-    artifact = load_artifact(model_dir, torch.device("cpu"))
-    codes = encode_stroke3(artifact, sketches, label="encode")
-    latent = artifact.manifest["latent_size"]
+    runtime = SketchRuntime.load(model_dir, "cpu", with_clusters=False)
+    codes = runtime.encode_stroke3(sketches, label="encode")
+    latent = runtime.manifest.latent_size
     return score(f"sketch-rnn mu ({latent}-d, {model_dir.name})", codes, words, started, points)
 
 

@@ -41,22 +41,19 @@ class Adherence:
 
 
 def adherence(model_dir: Path, sketches: list[np.ndarray]) -> Adherence:
-    import torch
+    from sketchserve.runtime import SketchRuntime
 
-    from sketchserve.artifact import length_conditioned, load_artifact
-    from sketchserve.training.encode import decode_greedy, encode_stroke3
-
-    artifact = load_artifact(model_dir, torch.device("cpu"))
-    if not length_conditioned(artifact.manifest):
+    runtime = SketchRuntime.load(model_dir, "cpu", with_clusters=False)
+    if not runtime.manifest.length_conditioned:
         raise SystemExit(f"{model_dir}: not a length-conditioned model (hparams.decoder_condition)")
-    codes = encode_stroke3(artifact, sketches, progress=False)
+    codes = runtime.encode_stroke3(sketches, progress=False)
     own = np.array([len(s) for s in sketches])
-    told = np.array([len(d) for d in decode_greedy(artifact, codes, own.tolist())])
-    free = np.array([len(d) for d in decode_greedy(artifact, codes)])
+    told = np.array([len(d) for d in runtime.decode(codes, targets=own.tolist())])
+    free = np.array([len(d) for d in runtime.decode(codes)])
     return Adherence(
         model=model_dir.name,
         drawings=len(sketches),
-        typical_length=int(artifact.decoder.typical_length),
+        typical_length=int(runtime.decoder.typical_length),
         exact=float(np.mean(told == own)),
         near=float(np.mean(np.abs(told - own) <= NEAR_POINTS)),
         median_gap=float(np.median(np.abs(told - own))),

@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = resolve_model(config, Path(scratch))
         manifest = read_manifest(model_dir)
-        model_max = int(manifest["max_seq_len"])
+        model_max = manifest.max_seq_len
         config = replace(config, max_points=min(config.max_points, model_max))
         drawings = load_drawings(model_max)
         log.info("%s", drawings.source)
@@ -482,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finish(result)
         machine = result.machine
         setting = (
-            f"model {manifest.get('name')} {manifest.get('version')} ({model_dir.name}); {drawings.source}; "
+            f"model {manifest.name} {manifest.version} ({model_dir.name}); {drawings.source}; "
             f"device {device_name(config.device)}; torch threads {config.torch_threads}; server at its defaults "
             f"otherwise; Reconstruct max_points {config.max_points}; warm-up {config.warmup_s} s, window at least "
             f"{config.duration_s} s per cell (two of the slowest calls, up to {config.max_round_s} s)."

@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sketchserve.artifact import NOISE_CHANNELS, sketch_noise, sketch_seed
-from sketchserve.server.engine import collate_stroke3
-from sketchserve.server.model import SketchModel, load_model
+from sketchserve.runtime import SketchRuntime, collate_stroke3, sketch_seed
 
 MIN_REPEATS = 3  # batches timed at least, however slow
 WARMUP_REPEATS = 2  # untimed batches first (allocator, TorchScript profiling)
@@ -34,27 +32,25 @@ class InProcessResult:
     ms_per_batch: float
 
 
-def load(model_dir: Path, torch_threads: int, device: str = "cpu") -> SketchModel:
+def load(model_dir: Path, torch_threads: int, device: str = "cpu") -> SketchRuntime:
     """The model as the server loads it, with the server's torch thread count, on the server's device."""
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
-    return load_model(model_dir, device)
+    return SketchRuntime.load(model_dir, device)
 
 
-def _encode(model: SketchModel, batch: Sequence[np.ndarray], max_points: int, seed: int) -> object:
+def _encode(model: SketchRuntime, batch: Sequence[np.ndarray], max_points: int, seed: int) -> object:
     x, lengths = collate_stroke3(batch)
     return model.encode(x, lengths)
 
 
-def _reconstruct(model: SketchModel, batch: Sequence[np.ndarray], max_points: int, seed: int) -> object:
+def _reconstruct(model: SketchRuntime, batch: Sequence[np.ndarray], max_points: int, seed: int) -> object:
     """Encode, then decode ``mu`` with the server's per-sketch noise (seeded by ``seed``, index)."""
-    steps = max_points or model.spec.max_seq_len
+    steps = max_points or model.manifest.max_seq_len
     x, lengths = collate_stroke3(batch)
     z = model.encode(x, lengths).mu
-    noise = torch.zeros(len(batch), steps, NOISE_CHANNELS)
-    for i in range(len(batch)):
-        noise[i] = sketch_noise(sketch_seed(seed, i), steps)
-    return model.sample(z, noise, 0.0)
+    seeds = [sketch_seed(seed, i) for i in range(len(batch))]
+    return model.decode(z, 0.0, seeds=seeds, max_points=[steps] * len(batch))
 
 
 RUNNERS = {"Encode": _encode, "Reconstruct": _reconstruct}
@@ -72,7 +68,7 @@ def _time(run: Callable[[int], object], min_seconds: float) -> float:
 
 
 def measure(
-    model: SketchModel,
+    model: SketchRuntime,
     method: str,
     sketches: Sequence[np.ndarray],
     batch_size: int,

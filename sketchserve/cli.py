@@ -23,6 +23,7 @@ def _subcommands() -> dict[str, Subcommand]:
     return {
         "train": Subcommand("sketchserve.training.cli:train_main", "train a Sketch-RNN VAE on drawing files"),
         "export": Subcommand("sketchserve.training.cli:export_main", "export a run as a TorchScript artifact"),
+        "sign": Subcommand("sketchserve.signing:sign_main", "sign an artifact's manifest with an ed25519 key"),
         "sample": Subcommand("sketchserve.training.cli:sample_main", "draw new sketches from an artifact"),
         "cluster": Subcommand(
             "sketchserve.training.clustering:cluster_main", "k-means on latent codes, stored in the artifact"

@@ -111,12 +111,13 @@ def running_server(cfg: ServerConfig, *, load: bool = True) -> Iterator[RunningS
 
 def add_test_clusters(model_dir: Path, latent_size: int, seed: int = 0) -> None:
     """Write a small clusters.json (random centroids, two exemplars each) and refresh the checksums."""
-    from sketchserve.artifact import read_manifest, write_manifest
+    from sketchserve.artifact import ENCODER_FILE, read_manifest, sha256_file, write_manifest
 
     rng = np.random.default_rng(seed)
     centroids = rng.normal(size=(TEST_CLUSTERS, latent_size)).round(4)
     exemplars = [[[[3 * c + 1, 2, 0], [4, -5, 1]], [[c + 2, 7, 1]]] for c in range(TEST_CLUSTERS)]
     document = {
+        "encoder_sha256": sha256_file(model_dir / ENCODER_FILE),
         "k": TEST_CLUSTERS,
         "centroids": centroids.tolist(),
         "sizes": [10 + c for c in range(TEST_CLUSTERS)],

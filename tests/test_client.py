@@ -164,16 +164,14 @@ def test_a_seed_draws_the_same_sketch_served_and_sampled(client: SketchClient, c
     """Reconstruct and ``sketchserve sample`` share one noise definition.
 
     Same latent, seed and temperature: the same drawing."""
-    import torch
-
-    from sketchserve.artifact import load_artifact
+    from sketchserve.runtime import SketchRuntime
     from sketchserve.training.sampling import decode
 
-    artifact = load_artifact(clustered_model, torch.device("cpu"))
-    steps = int(artifact.manifest["max_seq_len"])
-    latents = np.random.default_rng(6).standard_normal((3, artifact.manifest["latent_size"])).astype(np.float32)
+    runtime = SketchRuntime.load(clustered_model)
+    steps = runtime.manifest.max_seq_len
+    latents = np.random.default_rng(6).standard_normal((3, runtime.manifest.latent_size)).astype(np.float32)
     served = client.reconstruct(latents=latents, sampling=Sampling(temperature=0.6, max_points=steps, seed=9))
-    sampled = decode(artifact, latents, 0.6, 9)
+    sampled = decode(runtime, latents, 0.6, 9)
     assert any(len(s) > 1 for s in sampled)
     for one, other in zip(served.sketches, sampled, strict=True):
         np.testing.assert_allclose(one.to_stroke3(), Sketch.from_stroke3(other).to_stroke3(), atol=1e-3)

@@ -11,14 +11,14 @@ import pytest
 import torch
 from counting import counting_artifact
 
-from sketchserve.artifact import load_artifact, read_manifest, verify_checksums
+from sketchserve.artifact import read_manifest, sha256_file, verify_checksums
+from sketchserve.clusters import parse_clusters
 from sketchserve.data import iter_drawings
+from sketchserve.runtime import SketchRuntime
 from sketchserve.strokes import drawing_from_xy, preprocess, stroke3_to_stroke5
 from sketchserve.training.clustering import cluster_main
-from sketchserve.training.encode import encode_stroke3
 from sketchserve.training.kmeans import (
     ClusterError,
-    assign,
     choose_k,
     fit_kmeans,
     label_agreement,
@@ -71,7 +71,8 @@ def test_members_by_distance_and_assign() -> None:
     labels = np.array([0, 0, 0, 1])
     order = members_by_distance(codes, labels, np.array([0.5, 0.0]), 0)
     assert order.tolist() == [0, 2, 1]
-    assert assign(codes, np.array([[0.0, 0.0], [9.0, 9.0]])).tolist() == [0, 0, 0, 1]
+    table = parse_clusters({"centroids": [[0.0, 0.0], [9.0, 9.0]]}, latent_size=2, encoder_sha256=None)
+    assert table.assign(codes).tolist() == [0, 0, 0, 1]
 
 
 # --- the command, on a real (random-weight, tiny) artifact and real drawings ---
@@ -134,11 +135,12 @@ def test_cluster_chooses_k_writes_clusters_and_checksums(
     assert all(np.asarray(p).ndim == 2 and np.asarray(p).shape[1] == 3 for p in doc["prototypes"])
     assert [s["k"] for s in doc["metrics"]["k_selection"]["scores"]] == [2, 3, 4]
     verify_checksums(model)  # manifest rewritten with clusters.json's sha256
-    assert "clusters.json" in read_manifest(model)["files"]
-    artifact = load_artifact(model, torch.device("cpu"))
-    centroids = np.asarray(doc["centroids"])
-    codes = encode_stroke3(artifact, [np.asarray(e, dtype=np.float32) for e in doc["exemplars"][0]], progress=False)
-    assert (assign(codes.astype(np.float64), centroids) == 0).all()  # exemplars belong to their cluster
+    assert "clusters.json" in read_manifest(model).files
+    assert doc["encoder_sha256"] == sha256_file(model / "encoder.pt")  # made with this encoder
+    runtime = SketchRuntime.load(model)
+    assert runtime.clusters is not None
+    codes = runtime.encode_stroke3([np.asarray(e, dtype=np.float32) for e in doc["exemplars"][0]], progress=False)
+    assert (runtime.clusters.assign(codes) == 0).all()  # exemplars belong to their cluster
 
 
 def test_cluster_reports_nmi_and_ari_with_category_labels(
@@ -190,10 +192,10 @@ def test_shape_not_size_copies_share_mu_and_cluster(tiny_model: Path, data_dir: 
         [stroke * 3.0 for stroke in original],
     ]
     sketches = [preprocess(d) for d in copies]
-    artifact = load_artifact(tiny_model, torch.device("cpu"))
-    mu = encode_stroke3(artifact, sketches, progress=False)
+    runtime = SketchRuntime.load(tiny_model)
+    mu = runtime.encode_stroke3(sketches, progress=False)
     np.testing.assert_allclose(mu[1:], np.repeat(mu[:1], 3, axis=0), atol=1e-5, rtol=0)
-    others = encode_stroke3(artifact, [preprocess(d) for d in drawings[1:]], progress=False)
+    others = runtime.encode_stroke3([preprocess(d) for d in drawings[1:]], progress=False)
     fit = fit_kmeans(np.vstack([others, mu]).astype(np.float64), 3, random_state=0, n_init=4)
     assert len(set(fit.labels[-4:].tolist())) == 1
 
@@ -234,11 +236,11 @@ def test_train_from_cluster_fine_tunes_then_samples_new_members(
     init = artifact_weights(model)  # --fine-tune's starting point reproduces the artifact's encoder
     net = SketchRNN(init.model)
     net.load_state_dict(init.state_dict)
-    artifact = load_artifact(model, torch.device("cpu"))
+    runtime = SketchRuntime.load(model)
     sketches = [
         np.asarray(s, dtype=np.float32) for s in json.loads((model / "clusters.json").read_text())["exemplars"][0]
     ]
-    expected = encode_stroke3(artifact, sketches, progress=False)
+    expected = runtime.encode_stroke3(sketches, progress=False)
     with torch.inference_mode():
         x = torch.from_numpy(np.stack([stroke3_to_stroke5(s, max(len(t) for t in sketches)) for s in sketches]))
         mu, _ = net.encoder(x, torch.tensor([len(s) for s in sketches]))
@@ -253,8 +255,8 @@ def test_train_from_cluster_fine_tunes_then_samples_new_members(
     )
     assert export_main([str(run), "--out", str(out)]) == 0
     manifest = read_manifest(out)
-    assert manifest["data"]["filter"] == f"drawings assigned to cluster 1 of {model}"
-    assert manifest["scale_factor"] == pytest.approx(read_manifest(model)["scale_factor"])  # fine-tuned, not anew
+    assert manifest.data["filter"] == f"drawings assigned to cluster 1 of {model}"
+    assert manifest.scale_factor == pytest.approx(read_manifest(model).scale_factor)  # fine-tuned, not anew
     assert sample_main([str(out), "--n", "3", "--out", str(tmp_path / "new")]) == 0
     assert len((tmp_path / "new.ndjson").read_text().splitlines()) == 3
     capsys.readouterr()
@@ -266,12 +268,13 @@ def test_a_length_conditioned_model_draws_each_prototype_at_its_clusters_median_
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = counting_artifact(tmp_path / "model")
-    artifact = load_artifact(model, torch.device("cpu"))
     data = data_dir / "sketchrnn" / "face.npz"
     assert cluster_main([str(model), "--data", str(data), "--split", "valid", "--k", "3", "--no-progress"]) == 0
     capsys.readouterr()
     doc = json.loads((model / "clusters.json").read_text())
     sketches = [r.stroke3 for r in iter_drawings([data], split="valid")]
-    labels = assign(encode_stroke3(artifact, sketches, progress=False).astype(np.float64), np.asarray(doc["centroids"]))
+    runtime = SketchRuntime.load(model)
+    assert runtime.clusters is not None
+    labels = runtime.clusters.assign(runtime.encode_stroke3(sketches, progress=False))
     medians = [int(np.median([len(s) for s, c in zip(sketches, labels) if c == k])) for k in range(doc["k"])]
     assert [len(p) for p in doc["prototypes"]] == medians

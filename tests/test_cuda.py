@@ -19,8 +19,7 @@ from sketchserve import data, strokes
 from sketchserve.artifact import load_artifact, read_manifest
 from sketchserve.client.convert import sketch_from_pb
 from sketchserve.pb.sketch.v1 import sketch_pb2
-from sketchserve.server.engine import collate_stroke3
-from sketchserve.server.model import load_model
+from sketchserve.runtime import SketchRuntime, collate_stroke3
 from sketchserve.training.cli import export_main, train_main
 
 pytestmark = [
@@ -67,15 +66,15 @@ def _drawings(count: int) -> list[np.ndarray]:
         drawings = [r.stroke3 for r in data.iter_drawings([path], canonical=True)]
     else:
         drawings = [strokes.preprocess(list(sketch_from_pb(s).strokes)) for s in random_sketches(0, count)]
-    limit = int(read_manifest(BUNDLED)["max_seq_len"])
+    limit = read_manifest(BUNDLED).max_seq_len
     return [d for d in drawings if len(d) <= limit][:count]
 
 
 def test_cuda_codes_match_the_cpu_and_tf32_is_off() -> None:
     sketches = _drawings(SKETCHES)
     batch = collate_stroke3(sketches)
-    cpu = load_model(BUNDLED, "cpu").encode(batch.x, batch.lengths)
-    gpu_model = load_model(BUNDLED, "cuda")
+    cpu = SketchRuntime.load(BUNDLED, "cpu").encode(batch.x, batch.lengths)
+    gpu_model = SketchRuntime.load(BUNDLED, "cuda")
     assert gpu_model.device.type == "cuda"
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     gpu = gpu_model.encode(batch.x, batch.lengths)
@@ -85,7 +84,7 @@ def test_cuda_codes_match_the_cpu_and_tf32_is_off() -> None:
 
 def test_a_sketchs_code_on_cuda_does_not_depend_on_its_batch() -> None:
     sketches = _drawings(BIG_BATCH)
-    model = load_model(BUNDLED, "cuda")
+    model = SketchRuntime.load(BUNDLED, "cuda")
     together = model.encode(*collate_stroke3(sketches)).mu.numpy()
     for i in (0, len(sketches) // 2, len(sketches) - 1):
         alone = model.encode(*collate_stroke3([sketches[i]])).mu.numpy()[0]
@@ -115,7 +114,7 @@ def test_training_on_cuda_exports_an_artifact_that_loads_on_the_cpu(tmp_path: Pa
     )
     assert export_main([str(run), "--out", str(out)]) == 0
     artifact = load_artifact(out, torch.device("cpu"))
-    assert artifact.manifest["training"]["steps"] in (15, 30)
+    assert artifact.manifest.training["steps"] in (15, 30)
     x = collate_stroke3(_drawings(4))
     mu, sigma = artifact.encoder(x.x, x.lengths)
     assert mu.shape == (4, 8) and bool(torch.isfinite(mu).all()) and bool((sigma > 0).all())

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from server_fixtures import add_test_clusters
 
 from sketchserve.artifact import ArtifactError, load_artifact, read_manifest, verify_checksums, write_manifest
 from sketchserve.strokes import stroke3_to_stroke5
@@ -101,16 +102,15 @@ def test_manifest_is_complete_and_checksums_catch_tampering(tmp_path: Path) -> N
     out = make_random_artifact(tmp_path / "m", seed=0, tiny=True)
     manifest = verify_checksums(out)
     for key in ("created", "torch_version", "hparams", "data", "metrics", "training", "scale_factor"):
-        assert key in manifest
-    assert manifest["latent_size"] == TINY_CONFIG.latent_size and manifest["max_seq_len"] == TINY_CONFIG.max_seq_len
-    assert set(manifest["files"]) == {"encoder.pt", "decoder.pt"}
+        assert key in manifest.document
+    assert manifest.latent_size == TINY_CONFIG.latent_size and manifest.max_seq_len == TINY_CONFIG.max_seq_len
+    assert set(manifest.files) == {"encoder.pt", "decoder.pt"}
     (out / "MODEL_CARD.md").write_text("# card\n")
     write_manifest(out, read_manifest(out))
     (out / "MODEL_CARD.md").write_text("# card, edited\n")
-    assert set(verify_checksums(out)["files"]) == {"encoder.pt", "decoder.pt"}
-    (out / "clusters.json").write_text(json.dumps({"k": 0}))
-    write_manifest(out, read_manifest(out))
-    assert load_artifact(out).clusters == {"k": 0}
+    assert set(verify_checksums(out).files) == {"encoder.pt", "decoder.pt"}
+    add_test_clusters(out, manifest.latent_size)
+    assert load_artifact(out).clusters is not None
     (out / "clusters.json").write_text(json.dumps({"k": 1}))
     with pytest.raises(ArtifactError, match="clusters.json: sha256"):
         verify_checksums(out)

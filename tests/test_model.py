@@ -223,24 +223,6 @@ def test_mixture_prior_kl_estimate_matches_the_closed_form_for_one_standard_comp
         ModelConfig(prior_components=-1).validate()
 
 
-def test_a_mixture_prior_travels_in_the_manifest_and_sample_draws_from_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from sketchserve.artifact import load_artifact
-    from sketchserve.training.export import export_artifact
-    from sketchserve.training.sampling import latent_codes
-
-    cfg = ModelConfig(**{**TINY.__dict__, "prior_components": 2}).validate()
-    model = SketchRNN(cfg)
-    model.set_scale(20.0)
-    assert model.prior is not None
-    with torch.no_grad():
-        model.prior.means.copy_(torch.tensor([[50.0] * TINY.latent_size, [-50.0] * TINY.latent_size]))
-        model.prior.logits.copy_(torch.tensor([0.0, -100.0]))  # all weight on the first component
-    artifact = load_artifact(export_artifact(model, cfg, tmp_path / "m"), torch.device("cpu"))
-    assert artifact.manifest["prior"]["kind"] == "gaussian_mixture"
-    codes = latent_codes(artifact, 200, [], seed=1)
-    assert abs(float(codes.mean()) - 50.0) < 0.5 and 0.8 < float(codes.std()) < 1.2
-
-
 def test_contrastive_loss_rewards_matching_views_and_is_log_b_for_uninformative_codes() -> None:
     a = torch.randn(16, 6)
     assert contrastive_loss(a, a, 0.1).item() < 0.5

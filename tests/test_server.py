@@ -277,14 +277,14 @@ def test_a_length_conditioned_model_redraws_each_sketch_at_its_own_point_count(t
     decoder's typical length for latents: the server's drawings equal in-process ones."""
     import torch
 
-    from sketchserve.artifact import load_artifact, sample_decoder, sketch_noise, sketch_seed
     from sketchserve.client.convert import sketch_from_pb
+    from sketchserve.runtime import SketchRuntime, sketch_noise, sketch_seed
     from sketchserve.server.service import stroke3_to_proto
     from sketchserve.strokes import preprocess, stroke5_to_stroke3
     from sketchserve.training.export import make_random_artifact
 
     model_dir = make_random_artifact(tmp_path / "length-model", decoder_condition="latent+length")
-    art = load_artifact(model_dir)
+    runtime = SketchRuntime.load(model_dir)
     sketches = random_sketches(21, 3)
     max_points, seed = 24, 9
     with running_server(server_config(model_dir)) as server:
@@ -295,8 +295,7 @@ def test_a_length_conditioned_model_redraws_each_sketch_at_its_own_point_count(t
     noise = torch.stack([sketch_noise(sketch_seed(seed, i), max_points) for i in range(len(sketches))])
 
     def expected(targets: torch.Tensor | None) -> sketch_pb2.ReconstructResponse:
-        with torch.inference_mode():
-            s5, lengths = sample_decoder(art.decoder, art.manifest, z, noise, 0.6, targets)
+        s5, lengths = runtime.sample(z, noise, 0.6, targets)
         drawn = [stroke5_to_stroke3(s5[i, : int(n)].numpy()) for i, n in enumerate(lengths.tolist())]
         return sketch_pb2.ReconstructResponse(sketches=[stroke3_to_proto(d) for d in drawn])
 

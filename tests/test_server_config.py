@@ -52,7 +52,7 @@ def test_cuda_index_is_a_valid_device() -> None:
 
 def test_an_absent_cuda_device_is_a_clear_startup_error() -> None:
     torch = pytest.importorskip("torch")
-    from sketchserve.server.model import resolve_device
+    from sketchserve.runtime import resolve_device
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -4,6 +4,7 @@ export and sample work end to end, and bad input is one clear line on stderr."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -90,11 +91,12 @@ def test_export_then_sample_end_to_end(trained: Path, data_dir: Path, tmp_path: 
     assert export_main([str(trained), "--out", str(model_dir), "--name", "face-tiny", "--version", "7"]) == 0
     art = load_artifact(model_dir)
     manifest = art.manifest
-    assert manifest["name"] == "face-tiny" and manifest["version"] == "7"
-    assert manifest["data"]["files"][0]["sha256"] and manifest["data"]["categories"] == ["face"]
-    assert set(manifest["metrics"]["test"]) >= {"recon", "kl", "loss"} and manifest["training"]["steps"] > 0
-    assert manifest["hparams"]["dec_hidden"] == 32 and manifest["hparams"]["batch_size"] == 16
-    assert manifest["scale_factor"] == pytest.approx(load_checkpoint(trained / CHECKPOINT)["scale_factor"])
+    step = manifest.training["steps"]
+    assert manifest.name == "face-tiny" and re.fullmatch(rf"7-{step}-[0-9a-f]{{8}}", manifest.version)
+    assert manifest.data["files"][0]["sha256"] and manifest.data["categories"] == ["face"]
+    assert set(manifest.metrics["test"]) >= {"recon", "kl", "loss"} and step > 0
+    assert manifest.hparams["dec_hidden"] == 32 and manifest.hparams["batch_size"] == 16
+    assert manifest.scale_factor == pytest.approx(load_checkpoint(trained / CHECKPOINT)["scale_factor"])
     out = tmp_path / "samples" / "s"
     around = data_dir / "simplified" / "face.ndjson"
     argv = [str(model_dir), "--n", "2", "--around", str(around), "--limit", "3", "--seed", "1", "--out", str(out)]
@@ -203,8 +205,8 @@ def test_init_from_adds_a_mixture_prior_started_by_kmeans_on_the_training_codes(
 ) -> None:
     import numpy as np
 
+    from sketchserve.runtime import SketchRuntime
     from sketchserve.training.dataset import load_dataset
-    from sketchserve.training.encode import encode_stroke3
     from sketchserve.training.kmeans import fit_kmeans
     from sketchserve.training.train import PRIOR_INIT_RESTARTS
 
@@ -218,7 +220,7 @@ def test_init_from_adds_a_mixture_prior_started_by_kmeans_on_the_training_codes(
     ckpt = load_checkpoint(run / CHECKPOINT)
     assert ckpt["model_config"]["prior_components"] == 3 and ckpt["model_config"]["dec_hidden"] == 32
     train_split = load_dataset([faces], None, 128).train
-    codes = encode_stroke3(load_artifact(base), train_split, progress=False)
+    codes = SketchRuntime.load(base).encode_stroke3(train_split, progress=False)
     fit = fit_kmeans(codes, 3, random_state=3, n_init=PRIOR_INIT_RESTARTS)
     means = ckpt["model"]["prior.means"].numpy()
     order = [int(np.argmin(((fit.centroids - m) ** 2).sum(1))) for m in means]

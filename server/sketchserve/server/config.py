@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ENV_PREFIX = "SKETCHSERVE_"
 DEVICE_CHOICES_HELP = "auto | cpu | cuda | cuda:N"
@@ -22,6 +23,10 @@ DEVICE_CHOICES_HELP = "auto | cpu | cuda | cuda:N"
 class ServerConfig:
     # The bundled model `make serve` uses; real deployments pass --model.
     model_dir: Path = field(default=Path("models/face"), metadata={"help": "artifact directory"})
+    # None: checksums only. A key makes the server refuse an artifact whose manifest.sig it did not sign.
+    trusted_key: Path | None = field(
+        default=None, metadata={"help": "ed25519 public key (PEM); the artifact's manifest.sig must verify with it"}
+    )
     # All interfaces, IPv4 and IPv6, as grpc's examples bind ("[::]").
     host: str = field(default="[::]", metadata={"help": "address to bind"})
     # The conventional gRPC port; 0 asks the OS for a free one (tests).
@@ -114,8 +119,8 @@ def _parse_optional_path(text: str) -> Path | None:
     return Path(text) if text else None
 
 
-def _converter(f: dataclasses.Field) -> type | object:
-    converters = {
+def _converter(f: dataclasses.Field) -> Callable[[str], Any]:
+    converters: dict[str, Callable[[str], Any]] = {
         "int": int,
         "float": float,
         "str": str,
@@ -148,7 +153,7 @@ def config_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = No
     """Flags beat environment variables beat defaults; errors name the flag or variable."""
     env = os.environ if environ is None else environ
     parsed = vars(build_parser().parse_args(list(argv)))
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for f in dataclasses.fields(ServerConfig):
         if parsed[f.name] is not None:
             values[f.name] = parsed[f.name]

@@ -4,10 +4,10 @@ Three batchers, each with its own worker thread: preprocessing, encoding and
 decoding. Canonical preprocessing (``preprocess_many``) is batched too: one
 call for 30 drawings costs a fraction of 30 calls, and on its own thread it
 overlaps the model instead of queueing behind it. The decode batcher runs two
-kinds of work, each its own batch group: sampling at one
-temperature (``("sample", temperature)``: the decoder takes one temperature per
-call) and teacher-forced likelihood (``("nll",)``) for scoring. The batch
-functions here run on the batchers' worker threads.
+kinds of work, each its own batch group (a ``DecodeGroup``): sampling at one
+temperature (the decoder takes one temperature per call) and teacher-forced
+likelihood for scoring. The model itself is ``sketchserve.runtime.SketchRuntime``;
+the batch functions here run on the batchers' worker threads.
 """
 
 from __future__ import annotations
@@ -15,22 +15,42 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from sketchserve.artifact import NOISE_CHANNELS, sketch_noise, sketch_seed
+from sketchserve.runtime import SketchRuntime, collate_stroke3, kl_divergence, sketch_seed
 from sketchserve.server.batching import Batcher, BatchItem, BatchObserver
 from sketchserve.server.config import ServerConfig
-from sketchserve.server.model import SketchModel, Stroke5Batch, kl_divergence
 from sketchserve.server.results import Encoded, SketchScore, SketchTooLong
-from sketchserve.strokes import Drawing, pad_stroke5, preprocess_many, stroke5_to_stroke3
+from sketchserve.strokes import Drawing, preprocess_many
 
 PREPROCESS = "preprocess"
 ENCODE = "encode"
 DECODE = "decode"
-GROUP_NLL = ("nll",)
-SAMPLE = "sample"
+
+
+@dataclass(frozen=True)
+class DecodeGroup:
+    """The decode batcher's batch group: teacher-forced likelihood, or sampling at one temperature."""
+
+    kind: Literal["sample", "nll"]
+    temperature: float = 0.0
+
+
+GROUP_NLL = DecodeGroup("nll")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the service needs to know about the model, from the manifest."""
+
+    name: str
+    version: str
+    latent_size: int
+    max_seq_len: int
+    device: str
 
 
 @dataclass(frozen=True)
@@ -47,20 +67,21 @@ class _NllJob:
     stroke3: np.ndarray
 
 
-def collate_stroke3(sketches: Sequence[np.ndarray]) -> Stroke5Batch:
-    """Stroke-3 sketches -> stroke-5 ``[B, T, 5]`` padded to the longest, and their lengths."""
-    padded = pad_stroke5(sketches)
-    return Stroke5Batch(torch.from_numpy(padded.x), torch.from_numpy(padded.lengths))
-
-
 class SketchEngine:
     """Owns the model and its three batchers; safe to call from one asyncio event loop."""
 
-    def __init__(self, model: SketchModel, cfg: ServerConfig, observer: BatchObserver | None = None) -> None:
+    def __init__(self, model: SketchRuntime, cfg: ServerConfig, observer: BatchObserver | None = None) -> None:
         self.model = model
-        self.spec = model.spec
+        manifest = model.manifest
+        self.spec = ModelSpec(
+            name=manifest.name,
+            version=manifest.version,
+            latent_size=manifest.latent_size,
+            max_seq_len=manifest.max_seq_len,
+            device=str(model.device),
+        )
         delay_s = cfg.max_delay_ms / 1000.0
-        self.preprocessor = Batcher(
+        self.preprocessor: Batcher[Drawing, np.ndarray] = Batcher(
             PREPROCESS,
             self._preprocess_batch,
             max_batch_size=cfg.max_batch_size,
@@ -68,7 +89,7 @@ class SketchEngine:
             max_queue=cfg.max_queue,
             observer=observer,
         )
-        self.encoder = Batcher(
+        self.encoder: Batcher[np.ndarray, Encoded] = Batcher(
             ENCODE,
             self._encode_batch,
             max_batch_size=cfg.max_batch_size,
@@ -76,7 +97,7 @@ class SketchEngine:
             max_queue=cfg.max_queue,
             observer=observer,
         )
-        self.decoder = Batcher(
+        self.decoder: Batcher[Any, Any] = Batcher(
             DECODE,
             self._decode_batch,
             max_batch_size=cfg.max_batch_size,
@@ -132,7 +153,7 @@ class SketchEngine:
         requests. ``targets[i]``: the point count a length-conditioned decoder draws
         (Reconstruct passes the input sketch's); ``None`` or 0: the decoder's typical length.
         """
-        group = (SAMPLE, float(temperature))
+        group = DecodeGroup("sample", float(temperature))
         goals = [0] * len(latents) if targets is None else [int(t) for t in targets]
         items = [
             BatchItem(
@@ -162,9 +183,11 @@ class SketchEngine:
         return [Encoded(s3, mu[row].copy(), sigma[row].copy()) for row, s3 in enumerate(strokes3)]
 
     def _decode_batch(self, group: Hashable, jobs: list) -> list:
-        if group == GROUP_NLL:
+        if not isinstance(group, DecodeGroup):
+            raise TypeError(f"decode batch group {group!r} is not a DecodeGroup")
+        if group.kind == "nll":
             return self._nll_batch(jobs)
-        return self._sample_batch(float(group[1]), jobs)
+        return self._sample_batch(group.temperature, jobs)
 
     def _nll_batch(self, jobs: list[_NllJob]) -> list[float]:
         batch = collate_stroke3([j.stroke3 for j in jobs])
@@ -172,13 +195,10 @@ class SketchEngine:
         return self.model.nll(z, batch.x, batch.lengths).tolist()
 
     def _sample_batch(self, temperature: float, jobs: list[_SampleJob]) -> list[np.ndarray]:
-        steps = max(j.max_points for j in jobs)
-        noise = torch.zeros(len(jobs), steps, NOISE_CHANNELS)
-        for i, job in enumerate(jobs):
-            noise[i, : job.max_points] = sketch_noise(job.seed, job.max_points)
-        z = torch.from_numpy(np.stack([j.z for j in jobs]))
-        targets = torch.tensor([j.target for j in jobs], dtype=torch.int64)
-        samples = self.model.sample(z, noise, temperature, targets)
-        strokes5 = samples.strokes5.numpy()
-        lengths = samples.lengths.tolist()
-        return [stroke5_to_stroke3(strokes5[i, : min(int(lengths[i]), job.max_points)]) for i, job in enumerate(jobs)]
+        return self.model.decode(
+            np.stack([j.z for j in jobs]),
+            temperature,
+            seeds=[j.seed for j in jobs],
+            max_points=[j.max_points for j in jobs],
+            targets=[j.target for j in jobs],
+        )

@@ -7,7 +7,7 @@ method, final code and latency go to one callback (the metrics).
 | exception | status |
 |---|---|
 | InvalidRequest, InvalidDrawingError, SketchTooLong | INVALID_ARGUMENT (message names sketch index and field) |
-| QueueFull, RequestTooLarge | RESOURCE_EXHAUSTED |
+| QueueFull | RESOURCE_EXHAUSTED |
 | FailedPrecondition (e.g. no clusters) | FAILED_PRECONDITION |
 | DeadlineDropped | DEADLINE_EXCEEDED |
 | NotReady, BatcherClosed | UNAVAILABLE |
@@ -50,10 +50,6 @@ class InvalidRequest(ValueError):
         self.message = message
 
 
-class RequestTooLarge(Exception):
-    """The request asks for more work than the server accepts at once."""
-
-
 class FailedPrecondition(Exception):
     """The server cannot answer this call in its present state (e.g. the model has no clusters)."""
 
@@ -74,7 +70,6 @@ _MAPPING: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidDrawingError, grpc.StatusCode.INVALID_ARGUMENT),
     (SketchTooLong, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (RequestTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineDropped, grpc.StatusCode.DEADLINE_EXCEEDED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),

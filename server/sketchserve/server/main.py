@@ -24,7 +24,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sketchserve.pb.sketch.v1 import sketch_pb2_grpc
-from sketchserve.server.clusters import parse_clusters
 from sketchserve.server.config import ConfigError, ServerConfig, config_from_args
 from sketchserve.server.errors import StatusInterceptor
 from sketchserve.server.logs import configure_logging, fields
@@ -47,24 +46,23 @@ def _load_state(cfg: ServerConfig, metrics: ServerMetrics) -> ServingState:
     """Verify, load and warm up the model (blocking; runs in a worker thread)."""
     import torch
 
+    from sketchserve.runtime import SketchRuntime
     from sketchserve.server.engine import SketchEngine
-    from sketchserve.server.model import load_model
 
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
-    model = load_model(cfg.model_dir, cfg.device)
-    clusters = None if model.clusters is None else parse_clusters(model.clusters, model.spec.latent_size)
+    runtime = SketchRuntime.load(cfg.model_dir, cfg.device, trusted_key=cfg.trusted_key)
     if cfg.warmup:
-        model.warm_up(tuple(sorted({1, cfg.max_batch_size})))
-    engine = SketchEngine(model, cfg, observer=metrics)
+        runtime.warm_up(tuple(sorted({1, cfg.max_batch_size})))
+    engine = SketchEngine(runtime, cfg, observer=metrics)
     for batcher in engine.batchers:
         metrics.watch_queue(batcher.name, batcher.depth)
-    metrics.set_model(name=model.spec.name, version=model.spec.version, device=model.spec.device)
+    metrics.set_model(name=engine.spec.name, version=engine.spec.version, device=engine.spec.device)
     engine.start()
     return ServingState(
         engine=engine,
-        manifest=model.manifest,
-        clusters=clusters,
+        manifest=runtime.manifest,
+        clusters=runtime.clusters,
         max_sketches_per_request=cfg.max_sketches_per_request,
         stream_window=cfg.stream_window,
     )

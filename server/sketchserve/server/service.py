@@ -12,14 +12,15 @@ import json
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
+from sketchserve.artifact import Manifest
+from sketchserve.clusters import ClusterTable
 from sketchserve.packed import PackedFormatError, PackedSketches, pack_rows, unpack
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
-from sketchserve.server.clusters import ClusterTable
 from sketchserve.server.errors import FailedPrecondition, InvalidRequest, NotReady
 from sketchserve.server.results import Encoded, SketchTooLong
 from sketchserve.strokes import Drawing, InvalidDrawingError, drawing_from_xy, stroke3_to_drawing
@@ -37,7 +38,7 @@ class ServingState:
     """Everything the handlers need once the model is loaded and warm."""
 
     engine: SketchEngine
-    manifest: dict[str, Any]
+    manifest: Manifest
     clusters: ClusterTable | None
     max_sketches_per_request: int
     stream_window: int
@@ -159,7 +160,7 @@ def embedding_to_proto(embedding: Encoded) -> sketch_pb2.Embedding:
 
 def model_info(state: ServingState) -> sketch_pb2.ModelInfo:
     manifest, spec = state.manifest, state.engine.spec
-    data = manifest.get("data", {})
+    data = manifest.data
     return sketch_pb2.ModelInfo(
         version=spec.version,
         name=spec.name,
@@ -171,7 +172,7 @@ def model_info(state: ServingState) -> sketch_pb2.ModelInfo:
         data_files=[str(f.get("path", "")) for f in data.get("files", [])],
         training_drawings=int(data.get("counts", {}).get("train", 0)),
         max_sketches_per_request=state.max_sketches_per_request,
-        manifest_json=json.dumps(manifest, sort_keys=True),
+        manifest_json=json.dumps(dict(manifest.document), sort_keys=True),
     )
 
 
@@ -335,11 +336,9 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
                 size=clusters.sizes[c],
                 centroid=clusters.centroids[c].tolist(),
                 exemplars=[stroke3_to_proto(s) for s in clusters.exemplars[c][: request.exemplars]],
-                prototype=sketch_pb2.Sketch()
-                if clusters.prototypes[c] is None
-                else stroke3_to_proto(clusters.prototypes[c]),
+                prototype=sketch_pb2.Sketch() if prototype is None else stroke3_to_proto(prototype),
             )
-            for c in range(clusters.k)
+            for c, prototype in enumerate(clusters.prototypes)
         ]
         return sketch_pb2.ListClustersResponse(clusters=result, model_version=state.version)
 

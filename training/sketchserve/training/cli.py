@@ -158,15 +158,25 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--name", default=None, help="model name (default: the run directory's name)")
-    parser.add_argument("--version", default="1", help="model version")
+    parser.add_argument(
+        "--version", default=None, help="version label; the version is [LABEL-]<step>-<weights hash> (always distinct)"
+    )
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    parser.add_argument("--force", action="store_true", help="replace the artifact in a non-empty --out")
+    parser.add_argument("--sign-key", type=Path, default=None, help="ed25519 private key (PEM): write manifest.sig")
     args = parser.parse_args(argv)
     _setup_logging()
     try:
         from sketchserve.training.exporting import export_run
 
         out = export_run(
-            args.run_dir, args.out, name=args.name or args.run_dir.name, version=args.version, which=args.checkpoint
+            args.run_dir,
+            args.out,
+            name=args.name or args.run_dir.name,
+            label=args.version,
+            which=args.checkpoint,
+            force=args.force,
+            sign_key=args.sign_key,
         )
     except USER_ERRORS as err:
         return _fail("export", err)

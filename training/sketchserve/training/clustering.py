@@ -4,9 +4,10 @@
 
 Encodes the drawings (batched, progress on stderr), fits k-means on `mu`
 (scikit-learn, fixed random_state), chooses k by silhouette when --k is not
-given (and prints why), then writes MODEL_DIR/clusters.json (centroids, sizes,
-exemplars, greedy-decoded prototypes, metrics, data provenance) and rewrites
-the manifest's checksums. Results go to stdout, progress and errors to stderr.
+given (and prints why), then writes MODEL_DIR/clusters.json (format:
+``sketchserve.clusters``; centroids, sizes, exemplars, greedy-decoded prototypes,
+the encoder's sha256, metrics, data provenance) and rewrites the manifest's
+checksums. Results go to stdout, progress and errors to stderr.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from sketchserve.clusters import CLUSTERS_FILE, CLUSTERS_FORMAT_VERSION
 from sketchserve.training.kmeans import (
     ClusterError,
     KMeansFit,
@@ -34,8 +36,9 @@ from sketchserve.training.kmeans import (
     validate_k,
 )
 
-CLUSTERS_FILE = "clusters.json"
-CLUSTERS_FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from sketchserve.runtime import SketchRuntime
+
 # Members nearest the centroid stored per cluster: enough for a gallery row and for servers to show.
 DEFAULT_EXEMPLARS = 8
 # Fixed seed: the same data and model give the same clusters.
@@ -83,11 +86,12 @@ def parse_k_range(text: str) -> KRange:
     return KRange(low, high)
 
 
-def load_labelled_codes(artifact: Any, paths: Sequence[Path], *, split: str | None, progress: bool) -> LabelledCodes:
+def load_labelled_codes(
+    runtime: SketchRuntime, paths: Sequence[Path], *, split: str | None, progress: bool
+) -> LabelledCodes:
     """Read every drawing of `paths` (one split or all) and encode it with the artifact."""
     from sketchserve.artifact import sha256_file
     from sketchserve.data import iter_drawings
-    from sketchserve.training.encode import encode_stroke3
 
     sketches: list[np.ndarray] = []
     words: list[str] = []
@@ -97,7 +101,7 @@ def load_labelled_codes(artifact: Any, paths: Sequence[Path], *, split: str | No
     if not sketches:
         where = f" (split {split!r})" if split else ""
         raise ClusterError(f"no drawings in {', '.join(str(p) for p in paths)}{where}")
-    codes = encode_stroke3(artifact, sketches, progress=progress)
+    codes = runtime.encode_stroke3(sketches, progress=progress)
     files = [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
     return LabelledCodes(sketches=sketches, words=words, codes=codes, files=files)
 
@@ -131,6 +135,7 @@ def cluster_document(
     options: ClusterOptions,
     *,
     split: str | None,
+    encoder_sha256: str,
 ) -> dict[str, Any]:
     """The clusters.json content (docs/contracts.md), with metrics and provenance."""
     fit = selection.fit
@@ -148,6 +153,7 @@ def cluster_document(
         }
     return {
         "format_version": CLUSTERS_FORMAT_VERSION,
+        "encoder_sha256": encoder_sha256,
         "k": fit.k,
         "centroids": fit.centroids.astype(float).tolist(),
         "sizes": fit.sizes,
@@ -171,14 +177,6 @@ def write_clusters(model_dir: Path, document: dict[str, Any]) -> None:
 
     (model_dir / CLUSTERS_FILE).write_text(json.dumps(document, separators=(",", ":")) + "\n")
     write_manifest(model_dir, read_manifest(model_dir))
-
-
-def read_clusters(model_dir: Path) -> dict[str, Any]:
-    """MODEL_DIR/clusters.json, or ClusterError saying how to make it."""
-    path = model_dir / CLUSTERS_FILE
-    if not path.is_file():
-        raise ClusterError(f"{path} does not exist: run `sketchserve cluster {model_dir} --data FILES` first")
-    return json.loads(path.read_text())
 
 
 def member_lengths(sketches: list[np.ndarray], fit: KMeansFit) -> list[int]:
@@ -236,10 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_cluster(args: argparse.Namespace) -> str:
     """The whole command; returns the report it prints."""
-    import torch
-
-    from sketchserve.artifact import load_artifact
-    from sketchserve.training.encode import decode_greedy
+    from sketchserve.artifact import ENCODER_FILE
+    from sketchserve.runtime import SketchRuntime
 
     options = ClusterOptions(
         k=args.k,
@@ -252,11 +248,14 @@ def run_cluster(args: argparse.Namespace) -> str:
         raise ClusterError(f"--k must be at least 2 (got {options.k})")
     if options.n_init < 1 or options.n_exemplars < 0:
         raise ClusterError(f"--n-init must be >= 1 and --exemplars >= 0 (got {options.n_init}, {options.n_exemplars})")
-    artifact = load_artifact(args.model_dir, torch.device("cpu"))
-    data = load_labelled_codes(artifact, args.data, split=args.split, progress=not args.no_progress)
+    # Without its clusters: they are what this command replaces (and may be stale or malformed).
+    runtime = SketchRuntime.load(args.model_dir, "cpu", with_clusters=False)
+    data = load_labelled_codes(runtime, args.data, split=args.split, progress=not args.no_progress)
     selection = fit_clusters(data.codes, options)
-    prototypes = decode_greedy(artifact, selection.fit.centroids, member_lengths(data.sketches, selection.fit))
-    document = cluster_document(data, selection, prototypes, options, split=args.split)
+    prototypes = runtime.decode(selection.fit.centroids, targets=member_lengths(data.sketches, selection.fit))
+    document = cluster_document(
+        data, selection, prototypes, options, split=args.split, encoder_sha256=runtime.manifest.files[ENCODER_FILE]
+    )
     write_clusters(args.model_dir, document)
     return format_report(selection, document) + f"wrote {args.model_dir / CLUSTERS_FILE}\n"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,13 +17,15 @@ from typing import Any
 
 import torch
 
-from sketchserve.artifact import DECODER_FILE, ENCODER_FILE, write_manifest
+from sketchserve.artifact import DECODER_FILE, DOC_SUFFIX, ENCODER_FILE, ArtifactError, write_manifest
 from sketchserve.training.config import ModelConfig, TrainConfig, hparams
 from sketchserve.training.model import SketchRNN
 
 TINY_CONFIG = ModelConfig(enc_hidden=16, dec_hidden=32, latent_size=8, num_mixtures=3, max_seq_len=64)
 # A plausible canonical offset std (the face training set's is ~30 units).
 TINY_SCALE = 30.0
+# Hex digits of the weights' sha256 in an export's version: enough to tell exports of one step apart.
+VERSION_HASH_CHARS = 8
 
 
 def script_module(module: torch.nn.Module) -> torch.jit.ScriptModule:
@@ -69,16 +72,47 @@ def prior_description(model: SketchRNN) -> dict[str, Any]:
     }
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the model's state (names and tensor bytes, in name order): what an export's version names."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_version(step: int, model: torch.nn.Module, label: str | None = None) -> str:
+    """``[LABEL-]<step>-<first hex digits of the weights' sha256>``: distinct for distinct weights."""
+    version = f"{step}-{weights_digest(model)[:VERSION_HASH_CHARS]}"
+    return version if not label else f"{label}-{version}"
+
+
+def prepare_out_dir(out: Path, force: bool) -> None:
+    """An empty (or new) ``out``; with ``force``, a non-empty one is emptied of everything but ``*.md``
+    documentation, so no stale file (an old clusters.json or manifest.sig) survives the export."""
+    out.mkdir(parents=True, exist_ok=True)
+    present = sorted(p for p in out.iterdir() if p.suffix != DOC_SUFFIX)
+    if present and not force:
+        names = ", ".join(p.name for p in present)
+        raise ArtifactError(f"{out}: not empty ({names}); pass --force to replace the artifact there")
+    for path in present:
+        if path.is_dir():
+            raise ArtifactError(f"{path}: a folder inside the model directory; remove it by hand")
+        path.unlink()
+
+
 def export_artifact(
     model: SketchRNN,
     cfg: ModelConfig,
     out_dir: Path | str,
     manifest_extra: dict[str, Any] | None = None,
     train_cfg: TrainConfig | None = None,
+    force: bool = False,
 ) -> Path:
-    """Script encoder and decoder (CPU, eval mode), save them and the manifest into ``out_dir``."""
+    """Script encoder and decoder (CPU, eval mode), save them and the manifest into ``out_dir``
+    (``prepare_out_dir``: refused if not empty, unless ``force``)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out, force)
     cpu_model = copy.deepcopy(model).to("cpu").eval()
     _save(script_module(cpu_model.encoder), out / ENCODER_FILE)
     _save(script_module(cpu_model.decoder), out / DECODER_FILE)
@@ -94,6 +128,7 @@ def make_random_artifact(
     seed: int = 0,
     tiny: bool = True,
     prepare: Callable[[SketchRNN], None] | None = None,
+    force: bool = False,
     **model_options: Any,
 ) -> Path:
     """A randomly initialised artifact (tiny by default) with a complete manifest, for tests.
@@ -107,11 +142,11 @@ def make_random_artifact(
     model.set_scale(TINY_SCALE)
     if prepare is not None:
         prepare(model)
-    extra = {
+    extra: dict[str, Any] = {
         "name": "random-tiny" if tiny else "random",
         "version": f"seed{seed}",
         "data": {"files": [], "categories": [], "counts": {"train": 0, "valid": 0, "test": 0}},
         "metrics": {"valid": {}, "test": {}},
         "training": {"steps": 0, "wall_seconds": 0.0, "command": "make_random_artifact"},
     }
-    return export_artifact(model, cfg, out_dir, extra)
+    return export_artifact(model, cfg, out_dir, extra, force=force)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sketchserve.artifact import load_artifact
 from sketchserve.data import iter_drawings
 from sketchserve.render import render_png
-from sketchserve.training.encode import encode_stroke3
+from sketchserve.runtime import SketchRuntime
 from sketchserve.training.sampling import decode
 
 RECONSTRUCTIONS = 10  # test sketches shown, one column each (original above, reconstruction below)
@@ -36,17 +35,17 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
 def make_figures(
     model_dir: Path, data: Path, split: str, out_dir: Path, prefix: str, pair: tuple[int, int]
 ) -> list[Path]:
-    artifact = load_artifact(model_dir)
-    max_len = int(artifact.manifest["max_seq_len"])
+    runtime = SketchRuntime.load(model_dir)
+    max_len = runtime.manifest.max_seq_len
     sketches = [r.stroke3 for r in iter_drawings([data], split=split) if 0 < len(r.stroke3) <= max_len]
     originals = sketches[:RECONSTRUCTIONS]
-    codes = encode_stroke3(artifact, originals, progress=False)
-    recons = decode(artifact, codes, FIGURE_TEMPERATURE, FIGURE_SEED)
+    codes = runtime.encode_stroke3(originals, progress=False)
+    recons = decode(runtime, codes, FIGURE_TEMPERATURE, FIGURE_SEED)
     out_dir.mkdir(parents=True, exist_ok=True)
     recon_png = render_png(originals + recons, out_dir / f"{prefix}_reconstructions.png", columns=len(originals))
-    ends = encode_stroke3(artifact, [sketches[pair[0]], sketches[pair[1]]], progress=False)
+    ends = runtime.encode_stroke3([sketches[pair[0]], sketches[pair[1]]], progress=False)
     path = np.stack([slerp(ends[0], ends[1], t) for t in np.linspace(0.0, 1.0, INTERPOLATION_STEPS)])
-    middle = decode(artifact, path, FIGURE_TEMPERATURE, FIGURE_SEED)
+    middle = decode(runtime, path, FIGURE_TEMPERATURE, FIGURE_SEED)
     row = [sketches[pair[0]], *middle, sketches[pair[1]]]
     interp_png = render_png(row, out_dir / f"{prefix}_interpolation.png", columns=len(row))
     return [recon_png, interp_png]

@@ -1,26 +1,23 @@
 """Train on the group you like: `sketchserve train --data FILES --from-cluster MODEL_DIR:K [--fine-tune]`.
 
-`cluster_filter` keeps only the drawings that MODEL_DIR's encoder assigns to its
-stored cluster K (nearest centroid of clusters.json, as the server's Assign
-does); `artifact_weights` gives that model's config, weights and scale factor so
+`ClusterFilter` keeps only the drawings that MODEL_DIR's encoder assigns to its
+stored cluster K (``ClusterTable.assign``: the nearest centroid of clusters.json, as
+the server's Assign); `artifact_weights` gives that model's config, weights and scale factor so
 that `--fine-tune` starts from them instead of from scratch.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from sketchserve.artifact import CLUSTERS_FILE, read_manifest
+from sketchserve.artifact import ArtifactError, read_cluster_table, read_manifest
+from sketchserve.clusters import CLUSTERS_FILE
 from sketchserve.data import DrawingRecord
 from sketchserve.training.config import ConfigError, ModelConfig, config_from_dict
 from sketchserve.training.dataset import DataError
-from sketchserve.training.kmeans import assign
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +43,7 @@ class InitialWeights:
 
 
 def parse_cluster_ref(text: str) -> ClusterRef:
-    """'models/face:3' -> ClusterRef; checks that the artifact has clusters.json with that cluster."""
+    """'models/face:3' -> ClusterRef; checks that the artifact has valid clusters.json with that cluster."""
     directory, sep, index = text.rpartition(":")
     if not sep or not directory or not index.strip().isdigit():
         raise ConfigError(f"--from-cluster must be MODEL_DIR:K (K a cluster index), got {text!r}")
@@ -56,7 +53,11 @@ def parse_cluster_ref(text: str) -> ClusterRef:
         raise ConfigError(
             f"--from-cluster: {path} does not exist (run `sketchserve cluster {ref.model_dir} --data FILES`)"
         )
-    k = int(json.loads(path.read_text())["k"])
+    try:
+        table = read_cluster_table(ref.model_dir, read_manifest(ref.model_dir))
+    except ArtifactError as err:
+        raise ConfigError(f"--from-cluster: {err}") from err
+    k = 0 if table is None else table.k
     if ref.cluster >= k:
         raise ConfigError(f"--from-cluster: {ref.model_dir} has clusters 0..{k - 1}, not {ref.cluster}")
     return ref
@@ -74,15 +75,13 @@ class ClusterFilter:
         return f"drawings assigned to cluster {self.ref.cluster} of {self.ref.model_dir}"
 
     def __call__(self, records: list[DrawingRecord]) -> list[DrawingRecord]:
-        import torch
+        from sketchserve.runtime import SketchRuntime
 
-        from sketchserve.artifact import load_artifact
-        from sketchserve.training.encode import encode_stroke3
-
-        artifact = load_artifact(self.ref.model_dir, torch.device("cpu"))
-        centroids = np.asarray(artifact.clusters["centroids"], dtype=np.float64)
-        codes = encode_stroke3(artifact, [r.stroke3 for r in records], progress=self.progress, label="assign")
-        keep = assign(codes.astype(np.float64), centroids) == self.ref.cluster
+        runtime = SketchRuntime.load(self.ref.model_dir, "cpu")
+        if runtime.clusters is None:
+            raise ConfigError(f"--from-cluster: {self.ref.model_dir / CLUSTERS_FILE} does not exist")
+        codes = runtime.encode_stroke3([r.stroke3 for r in records], progress=self.progress, label="assign")
+        keep = runtime.clusters.assign(codes) == self.ref.cluster
         kept = [r for r, k in zip(records, keep.tolist()) if k]
         log.info("--from-cluster %s keeps %d of %d drawings", self.ref, len(kept), len(records))
         if not kept:
@@ -103,7 +102,7 @@ def fine_tune_source(from_cluster: str | None, fine_tune: bool) -> Path | None:
 
 def artifact_model_config(model_dir: Path) -> ModelConfig:
     """The ModelConfig an artifact was trained with (its manifest's hparams)."""
-    return config_from_dict(ModelConfig, read_manifest(model_dir).get("hparams", {}))
+    return config_from_dict(ModelConfig, dict(read_manifest(model_dir).hparams))
 
 
 def artifact_weights(model_dir: Path) -> InitialWeights:
@@ -114,5 +113,5 @@ def artifact_weights(model_dir: Path) -> InitialWeights:
     state = {f"encoder.{k}": v for k, v in artifact.encoder.state_dict().items()}
     state.update({f"decoder.{k}": v for k, v in artifact.decoder.state_dict().items()})
     return InitialWeights(
-        model=artifact_model_config(model_dir), state_dict=state, scale=float(artifact.manifest["scale_factor"])
+        model=artifact_model_config(model_dir), state_dict=state, scale=artifact.manifest.scale_factor
     )

@@ -18,12 +18,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from sketchserve.training.clustering import ClusterError, add_data_arguments, load_labelled_codes, read_clusters
-from sketchserve.training.kmeans import assign, members_by_distance
+from sketchserve.clusters import CLUSTERS_FILE, ClusterTable
+from sketchserve.training.clustering import ClusterError, add_data_arguments, load_labelled_codes
+from sketchserve.training.kmeans import members_by_distance
 
 # Members nearest the centroid shown per cluster (a 4 x 4 grid).
 DEFAULT_NEAR = 16
@@ -74,7 +74,7 @@ def _split_members(order: np.ndarray, n_near: int, n_far: int) -> tuple[np.ndarr
 
 
 def cluster_views(
-    clusters: dict[str, Any],
+    clusters: ClusterTable,
     sketches: Sequence[np.ndarray],
     words: Sequence[str],
     codes: np.ndarray,
@@ -82,17 +82,17 @@ def cluster_views(
     n_far: int,
 ) -> list[ClusterView]:
     """Assign the codes to the stored centroids; one view per stored cluster (possibly with no members)."""
-    centroids = np.asarray(clusters["centroids"], dtype=np.float64)
-    labels = assign(codes.astype(np.float64), centroids)
+    labels = clusters.assign(codes)
     views = []
-    for c in range(centroids.shape[0]):
-        order = members_by_distance(codes, labels, centroids[c], c)
+    for c in range(clusters.k):
+        order = members_by_distance(codes, labels, clusters.centroids[c], c)
+        prototype = clusters.prototypes[c]
         near, far = _split_members(order, n_near, n_far)
         views.append(
             ClusterView(
                 index=c,
                 size=int(order.size),
-                prototype=np.asarray(clusters["prototypes"][c], dtype=np.float32).reshape(-1, 3),
+                prototype=np.zeros((0, 3), np.float32) if prototype is None else prototype,
                 near=[sketches[i] for i in near],
                 far=[sketches[i] for i in far],
                 categories=Counter(words[i] for i in order).most_common(TOP_CATEGORIES),
@@ -172,9 +172,9 @@ def index_page(title: str, meta: str, cards: Sequence[str], n_near: int, n_far: 
     )
 
 
-def page_meta(clusters: dict[str, Any], n_drawings: int, data: Sequence[Path]) -> str:
-    metrics = clusters.get("metrics", {})
-    parts = [f"k={clusters['k']}", f"{n_drawings} drawings from {', '.join(p.name for p in data)}"]
+def page_meta(clusters: ClusterTable, n_drawings: int, data: Sequence[Path]) -> str:
+    metrics = clusters.metrics
+    parts = [f"k={clusters.k}", f"{n_drawings} drawings from {', '.join(p.name for p in data)}"]
     if metrics.get("silhouette") is not None:
         parts.append(f"silhouette {metrics['silhouette']:.3f} (on the clustering data)")
     if metrics.get("nmi") is not None:
@@ -212,18 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_gallery(args: argparse.Namespace) -> GalleryFiles:
-    import torch
-
-    from sketchserve.artifact import load_artifact
+    from sketchserve.runtime import SketchRuntime
 
     if args.near < 1 or args.far < 0:
         raise ClusterError(f"--near must be >= 1 and --far >= 0 (got {args.near}, {args.far})")
-    clusters = read_clusters(args.model_dir)
-    artifact = load_artifact(args.model_dir, torch.device("cpu"))
-    data = load_labelled_codes(artifact, args.data, split=args.split, progress=not args.no_progress)
+    runtime = SketchRuntime.load(args.model_dir, "cpu")
+    clusters = runtime.clusters
+    if clusters is None:
+        missing = args.model_dir / CLUSTERS_FILE
+        raise ClusterError(f"{missing} does not exist: run `sketchserve cluster {args.model_dir} --data FILES` first")
+    data = load_labelled_codes(runtime, args.data, split=args.split, progress=not args.no_progress)
     views = cluster_views(clusters, data.sketches, data.words, data.codes, args.near, args.far)
-    name = artifact.manifest.get("name", args.model_dir.name)
-    title = f"{name}: {clusters['k']} clusters"
+    title = f"{runtime.manifest.name}: {clusters.k} clusters"
     meta = page_meta(clusters, len(data.sketches), args.data)
     return write_gallery(args.out, title, meta, views, args.near, args.far)
 

@@ -166,12 +166,6 @@ def label_agreement(labels: np.ndarray, categories: Sequence[str]) -> LabelAgree
     )
 
 
-def assign(codes: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid (Euclidean) for every code."""
-    distances = ((codes[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=-1)
-    return distances.argmin(axis=1).astype(np.int64)
-
-
 def members_by_distance(codes: np.ndarray, labels: np.ndarray, centroid: np.ndarray, cluster: int) -> np.ndarray:
     """Indices of the cluster's members, nearest to `centroid` first (ties broken by index)."""
     members = np.flatnonzero(labels == cluster)

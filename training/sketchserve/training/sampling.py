@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
-from sketchserve.artifact import load_artifact, sample_decoder, sketch_noise, sketch_seed
 from sketchserve.data import iter_drawings
 from sketchserve.render import render_png
-from sketchserve.strokes import stroke3_to_drawing, stroke5_to_stroke3
+from sketchserve.runtime import SketchRuntime, sketch_seed
+from sketchserve.strokes import stroke3_to_drawing
 from sketchserve.training.config import ConfigError
-from sketchserve.training.encode import encode_stroke3
 
 logger = logging.getLogger(__name__)
 
@@ -24,33 +21,23 @@ GRID_COLUMNS = 8  # prior samples per PNG row
 
 
 def decode(
-    artifact: Any, z: np.ndarray, temperature: float, seed: int, targets: np.ndarray | None = None
+    runtime: SketchRuntime, z: np.ndarray, temperature: float, seed: int, targets: np.ndarray | None = None
 ) -> list[np.ndarray]:
-    """Stroke-3 drawings decoded from latent codes ``z [n, Nz]`` at ``temperature``.
+    """Stroke-3 drawings decoded from latent codes ``z [n, Nz]`` at ``temperature``, sketch ``i``
+    with the noise of ``sketch_seed(seed, i)`` (as the server's Reconstruct).
 
-    ``targets [n]``: point counts for a length-conditioned decoder (``sample_decoder``)."""
-    steps = int(artifact.manifest["max_seq_len"])
-    noise = torch.stack([sketch_noise(sketch_seed(seed, i), steps) for i in range(len(z))])
-    z_t = torch.from_numpy(np.asarray(z, dtype=np.float32))
-    with torch.inference_mode():
-        s5, lengths = sample_decoder(artifact.decoder, artifact.manifest, z_t, noise, temperature, targets)
-    return [stroke5_to_stroke3(s5[i, : int(n)].numpy()) for i, n in enumerate(lengths.tolist())]
+    ``targets [n]``: point counts for a length-conditioned decoder."""
+    return runtime.decode(z, temperature, seeds=[sketch_seed(seed, i) for i in range(len(z))], targets=targets)
 
 
-def latent_codes(artifact: Any, n: int, around: list[np.ndarray], seed: int) -> np.ndarray:
-    """``n`` draws from the prior, or each ``around`` sketch's ``mu`` ``n`` times (the decoder's
-    noise at the chosen temperature then varies them: Ha & Eck's conditional sampling)."""
-    size = int(artifact.manifest["latent_size"])
+def latent_codes(runtime: SketchRuntime, n: int, around: list[np.ndarray], seed: int) -> np.ndarray:
+    """``n`` draws from the standard normal prior, or each ``around`` sketch's ``mu`` ``n`` times (the
+    decoder's noise at the chosen temperature then varies them: Ha & Eck's conditional sampling)."""
+    size = runtime.manifest.latent_size
     if not around:
         rng = np.random.default_rng([seed, size])
-        normal = rng.standard_normal((n, size)).astype(np.float32)
-        prior = artifact.manifest.get("prior", {"kind": "standard_normal"})
-        if prior["kind"] != "gaussian_mixture":
-            return normal
-        component = rng.choice(len(prior["weights"]), size=n, p=np.asarray(prior["weights"]) / np.sum(prior["weights"]))
-        means, log_var = np.asarray(prior["means"], np.float32), np.asarray(prior["log_var"], np.float32)
-        return (means[component] + np.exp(log_var[component] / 2.0) * normal).astype(np.float32)
-    return np.repeat(encode_stroke3(artifact, around, progress=False), n, axis=0)
+        return rng.standard_normal((n, size)).astype(np.float32)
+    return np.repeat(runtime.encode_stroke3(around, progress=False), n, axis=0)
 
 
 def _ndjson_line(s3: np.ndarray, word: str, source: str, temperature: float) -> str:
@@ -66,9 +53,9 @@ def sample_command(
         raise ConfigError(f"--n must be >= 1, got {n}")
     if temperature < 0:
         raise ConfigError(f"--temperature must be >= 0, got {temperature}")
-    artifact = load_artifact(model_dir, "cpu")
-    max_len = int(artifact.manifest["max_seq_len"])
-    word = str(artifact.manifest.get("name", "sketch"))
+    runtime = SketchRuntime.load(model_dir, "cpu")
+    max_len = runtime.manifest.max_seq_len
+    word = runtime.manifest.name
     sources = ["prior"] * n
     sketches: list[np.ndarray] = []
     if around is not None:
@@ -79,7 +66,7 @@ def sample_command(
         sources = [r.source for r in records for _ in range(n)]
         word = records[0].word
     targets = np.repeat([len(s) for s in sketches], n) if sketches else None
-    drawings = decode(artifact, latent_codes(artifact, n, sketches, seed), temperature, seed, targets)
+    drawings = decode(runtime, latent_codes(runtime, n, sketches, seed), temperature, seed, targets)
     out.parent.mkdir(parents=True, exist_ok=True)
     ndjson = out.with_suffix(".ndjson")
     ndjson.write_text("".join(_ndjson_line(d, word, s, temperature) + "\n" for d, s in zip(drawings, sources)))
