@@ -130,6 +130,22 @@ def add_test_clusters(model_dir: Path, latent_size: int, seed: int = 0) -> None:
     write_manifest(model_dir, read_manifest(model_dir))
 
 
+def ed25519_keypair(directory: Path, name: str) -> tuple[Path, Path]:
+    """An ed25519 key pair as the PEM files `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout` write."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private, public = directory / f"{name}.pem", directory / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
 def make_tiny_artifact(out_dir: Path) -> Path:
     from sketchserve.training.export import make_random_artifact
 

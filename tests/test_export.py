@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from server_fixtures import add_test_clusters
 
 from sketchserve.artifact import ArtifactError, load_artifact, read_manifest, verify_checksums, write_manifest
 from sketchserve.strokes import stroke3_to_stroke5
-from sketchserve.training.export import TINY_CONFIG, export_artifact, make_random_artifact
+from sketchserve.training.export import TINY_CONFIG, export_artifact, export_version, make_random_artifact
 from sketchserve.training.model import SketchRNN
 
 TOL = 1e-5
@@ -144,3 +146,27 @@ def test_missing_or_broken_artifact_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         read_manifest(tmp_path)
+
+
+def test_export_into_a_non_empty_directory_is_refused_unless_forced_and_leaves_nothing_stale(tmp_path: Path) -> None:
+    out = make_random_artifact(tmp_path / "m", seed=0)
+    add_test_clusters(out, TINY_CONFIG.latent_size)
+    (out / "MODEL_CARD.md").write_text("# card\n")
+    with pytest.raises(ArtifactError, match=r"not empty \(clusters.json, decoder.pt.*--force"):
+        make_random_artifact(out, seed=1)
+    assert load_artifact(out).manifest.version == "seed0"  # untouched
+    make_random_artifact(out, seed=1, force=True)
+    assert not (out / "clusters.json").exists() and (out / "MODEL_CARD.md").is_file()
+    fresh = load_artifact(out)
+    assert fresh.manifest.version == "seed1" and fresh.clusters is None
+    assert set(fresh.manifest.files) == {"encoder.pt", "decoder.pt"}
+
+
+def test_every_export_gets_a_distinct_version() -> None:
+    torch.manual_seed(0)
+    a, b = SketchRNN(TINY_CONFIG), SketchRNN(TINY_CONFIG)
+    version = export_version(3250, a)
+    assert re.fullmatch(r"3250-[0-9a-f]{8}", version)
+    assert export_version(3250, copy.deepcopy(a)) == version  # the same weights: the same version
+    assert export_version(3250, b) != version and export_version(3251, a) != version
+    assert export_version(3250, a, "face") == f"face-{version}"

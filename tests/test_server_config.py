@@ -59,3 +59,11 @@ def test_an_absent_cuda_device_is_a_clear_startup_error() -> None:
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(RuntimeError, match="--device cuda:1: CUDA is not available"):
         resolve_device("cuda:1")
+
+
+def test_the_trusted_key_comes_from_the_flag_or_the_environment() -> None:
+    assert config_from_args([], {}).trusted_key is None
+    assert config_from_args([], {"SKETCHSERVE_TRUSTED_KEY": "ops.pub"}).trusted_key == Path("ops.pub")
+    assert config_from_args(["--trusted-key", "flag.pub"], {"SKETCHSERVE_TRUSTED_KEY": "env.pub"}).trusted_key == Path(
+        "flag.pub"
+    )

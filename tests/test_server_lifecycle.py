@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import re
@@ -16,7 +17,14 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_fixtures import CALL_TIMEOUT_S, RunningServer, random_sketches, running_server, server_config
+from server_fixtures import (
+    CALL_TIMEOUT_S,
+    RunningServer,
+    ed25519_keypair,
+    random_sketches,
+    running_server,
+    server_config,
+)
 
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.main import serve
@@ -120,6 +128,11 @@ def test_a_full_queue_fails_fast_with_resource_exhausted(slow_server: RunningSer
     assert len(served) == 1 and len(refused) == 1
 
 
+def startup_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The ``error`` field of every "startup failed" log line (logs.fields puts it in the record's kv)."""
+    return [str(r.__dict__["kv"]["error"]) for r in caplog.records if r.getMessage() == "startup failed"]
+
+
 def test_startup_fails_cleanly_on_a_corrupt_artifact(
     tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -130,8 +143,8 @@ def test_startup_fails_cleanly_on_a_corrupt_artifact(
     with caplog.at_level(logging.ERROR, logger="sketchserve.server.main"):
         code = asyncio.run(serve(server_config(broken)))
     assert code == 1
-    failures = [r for r in caplog.records if r.getMessage() == "startup failed"]
-    assert len(failures) == 1 and "encoder.pt" in failures[0].kv["error"]
+    failures = startup_errors(caplog)
+    assert len(failures) == 1 and "encoder.pt" in failures[0]
 
 
 def read_until(stream, pattern: re.Pattern[str], count: int = 1) -> re.Match[str]:
@@ -144,6 +157,8 @@ def read_until(stream, pattern: re.Pattern[str], count: int = 1) -> re.Match[str
                 break
         else:
             raise AssertionError(f"server log ended before {pattern.pattern!r}")
+    if found is None:
+        raise AssertionError(f"no line matched {pattern.pattern!r}")
     return found
 
 
@@ -198,3 +213,39 @@ def test_sigterm_finishes_every_accepted_call_and_exits_zero(tiny_model: Path) -
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_a_trusted_key_makes_the_server_refuse_an_unsigned_artifact(
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sketchserve.signing import sign_manifest
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    private, public = ed25519_keypair(tmp_path, "operator")
+    with caplog.at_level(logging.ERROR, logger="sketchserve.server.main"):
+        code = asyncio.run(serve(server_config(model, trusted_key=public)))
+    assert code == 1
+    failures = startup_errors(caplog)
+    assert len(failures) == 1 and "manifest.sig: missing" in failures[0]
+    sign_manifest(model, private)
+    with running_server(server_config(model, trusted_key=public)) as server:
+        assert server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S).latent_size == 8
+
+
+def test_clusters_with_a_nan_centroid_stop_the_server_at_startup(
+    clustered_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sketchserve.artifact import read_manifest, write_manifest
+
+    model = tmp_path / "model"
+    shutil.copytree(clustered_model, model)
+    document = json.loads((model / "clusters.json").read_text())
+    document["centroids"][2][5] = float("nan")
+    (model / "clusters.json").write_text(json.dumps(document))
+    write_manifest(model, read_manifest(model))
+    with caplog.at_level(logging.ERROR, logger="sketchserve.server.main"):
+        code = asyncio.run(serve(server_config(model)))
+    assert code == 1
+    failures = startup_errors(caplog)
+    assert len(failures) == 1 and "clusters.json: centroids[2][5] is nan" in failures[0]

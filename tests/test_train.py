@@ -108,6 +108,21 @@ def test_export_then_sample_end_to_end(trained: Path, data_dir: Path, tmp_path: 
     assert sample_main(argv) == 0 and out.with_suffix(".ndjson").read_text() == first
 
 
+def test_export_replaces_an_artifact_only_when_forced_and_signs_it(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server_fixtures import ed25519_keypair
+
+    from sketchserve.runtime import SketchRuntime
+
+    model_dir = tmp_path / "model"
+    assert export_main([str(trained), "--out", str(model_dir)]) == 0
+    one_error_line(capsys, export_main([str(trained), "--out", str(model_dir)]), "not empty", "--force")
+    private, public = ed25519_keypair(tmp_path, "release")
+    assert export_main([str(trained), "--out", str(model_dir), "--force", "--sign-key", str(private)]) == 0
+    assert SketchRuntime.load(model_dir, trusted_key=public).manifest.name == trained.name
+
+
 def one_error_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
