@@ -51,11 +51,14 @@ def test_a_seeded_decode_depends_on_the_sketch_never_on_its_batch(runtime: Sketc
     assert len({len(d) for d in together}) > 1 or not np.array_equal(together[1], together[2])
 
 
-def test_greedy_decoding_needs_no_seed_and_is_repeatable(runtime: SketchRuntime) -> None:
-    z = np.zeros((2, runtime.manifest.latent_size), dtype=np.float32)
-    first, again = runtime.decode(z), runtime.decode(z)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
-    assert all(len(d) <= runtime.manifest.max_seq_len for d in first)
+def test_greedy_decoding_needs_no_seed_and_stops_at_each_sketchs_max_points(runtime: SketchRuntime) -> None:
+    z = np.random.default_rng(1).standard_normal((3, runtime.manifest.latent_size)).astype(np.float32)
+    free = runtime.decode(z)  # the random tiny decoder never ends by itself at temperature 0
+    assert [len(d) for d in free] == [runtime.manifest.max_seq_len] * 3
+    bounded = runtime.decode(z, max_points=[5, 20, 64])
+    assert [len(d) for d in bounded] == [5, 20, 64]
+    for short, full in zip(bounded, free, strict=True):
+        np.testing.assert_array_equal(short[:-1], full[: len(short) - 1])  # a prefix (the cut ends the stroke)
 
 
 @settings(max_examples=50, deadline=None)
