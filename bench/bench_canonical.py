@@ -26,12 +26,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from agreement import compare_drawings, raw_simplified_pairs, read_xy
 
 from sketchserve import strokes
+
+if TYPE_CHECKING:
+    from sketchserve.runtime import SketchRuntime
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "face"
@@ -83,27 +86,24 @@ class MuMove:
     cluster_changes: int  # faces whose nearest cluster differs from the original's
 
 
-def _nearest(mu: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    return np.argmin(((mu[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2), axis=1)
-
-
-def mu_moves(artifact: Any, faces: Sequence[strokes.Drawing]) -> list[MuMove]:
+def mu_moves(runtime: SketchRuntime, faces: Sequence[strokes.Drawing]) -> list[MuMove]:
     """How far each transformation moves the served ``mu`` of ``faces`` (preprocess, then encode)."""
-    from sketchserve.training.encode import encode_stroke3
+    table = runtime.clusters
+    if table is None:
+        raise SystemExit(f"{runtime.directory}: no clusters.json (run `sketchserve cluster` first)")
 
     def encode(drawings: Sequence[strokes.Drawing]) -> np.ndarray:
-        return encode_stroke3(artifact, strokes.preprocess_many(drawings), progress=False).astype(np.float64)
+        return runtime.encode_stroke3(strokes.preprocess_many(drawings), progress=False).astype(np.float64)
 
     reference = encode(faces)
     pairwise = np.sqrt(((reference[:, None, :] - reference[None, :, :]) ** 2).sum(axis=2))
     goal = MU_GOAL * float(np.median(pairwise[np.triu_indices(len(faces), k=1)]))
-    centroids = np.asarray(artifact.clusters["centroids"], dtype=np.float64)
-    clusters = _nearest(reference, centroids)
+    clusters = table.assign(reference)
     moves = []
     for name, transform in transformations():
         mu = encode([transform(face) for face in faces])
         move = float(np.sqrt(((mu - reference) ** 2).sum(axis=1)).max())
-        moves.append(MuMove(name, move, goal, int((_nearest(mu, centroids) != clusters).sum())))
+        moves.append(MuMove(name, move, goal, int((table.assign(mu) != clusters).sum())))
     return moves
 
 
@@ -122,23 +122,13 @@ def face_drawings(data: Path, splits: Sequence[str]) -> list[strokes.Drawing]:
     return [strokes.stroke3_to_drawing(s3) for split in splits for s3 in npz[split]]
 
 
-def decoder_outputs(artifact: Any, faces: Sequence[strokes.Drawing], count: int) -> list[strokes.Drawing]:
-    """``count`` decoded drawings: half greedy, half sampled at SAMPLE_TEMPERATURE, from encoded faces."""
-    import torch
-
-    from sketchserve.artifact import sample_decoder, sketch_noise
-    from sketchserve.training.encode import decode_greedy, encode_stroke3
-
-    codes = encode_stroke3(artifact, strokes.preprocess_many(faces[:count]), progress=False)
-    greedy = decode_greedy(artifact, codes[: count // 2])
-    steps = int(artifact.manifest["max_seq_len"])
+def decoder_outputs(runtime: SketchRuntime, faces: Sequence[strokes.Drawing], count: int) -> list[strokes.Drawing]:
+    """``count`` decoded drawings: half greedy, half sampled at SAMPLE_TEMPERATURE (noise seeds 0, 1, ...),
+    from encoded faces."""
+    codes = runtime.encode_stroke3(strokes.preprocess_many(faces[:count]), progress=False)
+    greedy = runtime.decode(codes[: count // 2])
     rest = codes[count // 2 :]
-    noise = torch.stack([sketch_noise(seed, steps) for seed in range(len(rest))])
-    with torch.inference_mode():
-        s5, lengths = sample_decoder(
-            artifact.decoder, artifact.manifest, torch.from_numpy(rest), noise, SAMPLE_TEMPERATURE
-        )
-    sampled = [strokes.stroke5_to_stroke3(s5[i, : int(n)].numpy()) for i, n in enumerate(lengths.tolist())]
+    sampled = runtime.decode(rest, SAMPLE_TEMPERATURE, seeds=list(range(len(rest))))
     return [strokes.stroke3_to_drawing(s3) for s3 in [*greedy, *sampled] if len(s3)]
 
 
@@ -163,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--decoded", type=int, default=1000)
     args = parser.parse_args(argv)
-    from sketchserve.artifact import load_artifact
+    from sketchserve.runtime import SketchRuntime
 
     pairs = raw_simplified_pairs(args.data)
     agreement = compare_drawings(strokes.canonicalize_many(pairs.raws), pairs.twins)
@@ -172,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in sorted((args.data / "simplified").glob("*.ndjson"))
         for _, xy in read_xy(path)
     ]
-    artifact = load_artifact(args.model)
-    decoded = decoder_outputs(artifact, face_drawings(args.data, ["train"]), args.decoded)
+    runtime = SketchRuntime.load(args.model)
+    decoded = decoder_outputs(runtime, face_drawings(args.data, ["train"]), args.decoded)
     out = [f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}"]
     out.append(f"identical to Google's simplified twin: {agreement.identical} of {agreement.pairs}")
     out.append(f"twin's point count in every stroke:    {agreement.same_counts} of {agreement.pairs}")
@@ -185,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     out.append("|---|---|---|---|")
     out += [
         f"| {m.transformation} | {m.max_move:.4f} | {m.goal:.4f} | {m.cluster_changes} |"
-        for m in mu_moves(artifact, faces)
+        for m in mu_moves(runtime, faces)
     ]
     capped = zigzag(strokes.MAX_STROKE_POINTS)
     worst = capped * (strokes.MAX_DRAWING_POINTS // strokes.MAX_STROKE_POINTS)

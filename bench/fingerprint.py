@@ -4,7 +4,8 @@ of 32 codes, and the teacher-forced NLL, hashed (sha256 of the raw arrays).
     PYTHONPATH=.:client:server:training .venv/bin/python bench/fingerprint.py [MODEL_DIR] [FACES_NPZ]
 
 Refactors of the runtime must leave the bundled model's fingerprint unchanged
-(``model outputs sha 0275965ed440a710`` for models/face, one torch thread, CPU).
+(``model outputs sha 3405dc480260368f`` for models/face, one torch thread, CPU, with
+issue 17's canonical preprocessing; preprocessing changes move it through the inputs).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ FLOAT32_BOUND_GOALS = 5.0
 
 @pytest.mark.slow
 def test_copies_of_real_faces_move_mu_only_through_float32_noise(data_dir: Path) -> None:
-    from sketchserve.artifact import load_artifact
+    from sketchserve.runtime import SketchRuntime
 
-    moves = mu_moves(load_artifact(DEFAULT_MODEL), face_drawings(data_dir, ["test"]))
+    moves = mu_moves(SketchRuntime.load(DEFAULT_MODEL), face_drawings(data_dir, ["test"]))
     assert all(m.cluster_changes == 0 for m in moves), moves
     exact = [m for m in moves if "float32" not in m.transformation or m.transformation.startswith("canonical")]
     assert all(m.max_move == 0.0 for m in exact), exact
