@@ -53,23 +53,23 @@ import time
 
 import torch
 
-from sketchserve.artifact import NOISE_CHANNELS, load_artifact, sample_decoder
+from sketchserve.runtime import NOISE_CHANNELS, SketchRuntime
 
 STEPS, REPEATS = 100, 5
 device = torch.device(sys.argv[1])
-artifact = load_artifact("models/face", device)
+runtime = SketchRuntime.load("models/face", device)  # the decoder module itself is timed, on the device
 print("| decode batch | ms per 100-step batch | ms per step | sketches/s |")
 print("|---:|---:|---:|---:|")
 for batch in (32, 256):
-    z = torch.zeros(batch, int(artifact.manifest["latent_size"]), device=device)
+    z = torch.zeros(batch, runtime.manifest.latent_size, device=device)
     noise = torch.zeros(batch, STEPS, NOISE_CHANNELS, device=device)
     with torch.inference_mode():
-        sample_decoder(artifact.decoder, artifact.manifest, z, noise, 0.0)
+        runtime.decoder.sample(z, noise, 0.0)
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
         for _ in range(REPEATS):
-            sample_decoder(artifact.decoder, artifact.manifest, z, noise, 0.0)
+            runtime.decoder.sample(z, noise, 0.0)
         if device.type == "cuda":
             torch.cuda.synchronize()
     ms = (time.perf_counter() - started) / REPEATS * 1000
