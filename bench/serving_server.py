@@ -89,6 +89,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def serve_command(model_dir: Path, args: list[str], log_level: str = "WARNING") -> list[str]:
+    """``sketchserve serve`` of ``model_dir`` on 127.0.0.1 with ``args``, as this tree's Python runs it."""
+    cli = [sys.executable, "-m", "sketchserve.cli", "serve"]
+    return [*cli, "--model", str(model_dir), "--host", HOST, "--log-level", log_level, *args]
+
+
 @dataclass(frozen=True)
 class BatchTotals:
     """Cumulative batch-size histogram sums of one batcher: items and batches so far."""
@@ -113,23 +119,9 @@ class ServerProcess:
         self.metrics_port = free_port()
         self.target = f"{HOST}:{self.port}"
         self._log = tempfile.TemporaryFile(mode="w+")
-        command = [
-            sys.executable,
-            "-m",
-            "sketchserve.cli",
-            "serve",
-            "--model",
-            str(model_dir),
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--metrics-port",
-            str(self.metrics_port),
-            "--log-level",
-            "WARNING",
-            *extra_args,
-        ]
+        command = serve_command(
+            model_dir, ["--port", str(self.port), "--metrics-port", str(self.metrics_port), *extra_args]
+        )
         self.command = command
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
 

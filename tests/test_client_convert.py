@@ -55,7 +55,7 @@ def test_malformed_input_names_the_sketch(item: object, message: str) -> None:
 
 def test_bare_array_and_empty_input_are_refused() -> None:
     with pytest.raises(ValueError, match="wrap a single stroke-3 array"):
-        convert.as_sketches(TRIANGLE_S3)
+        convert.as_sketches(TRIANGLE_S3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no sketches"):
         convert.as_sketches([])
 
@@ -151,6 +151,18 @@ def test_service_config_retries_unavailable() -> None:
     assert method["retryPolicy"]["maxAttempts"] == 5
     assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
     assert options["grpc.primary_user_agent"] == "t"
+
+
+def test_channels_balance_round_robin_and_keep_alive() -> None:
+    options = dict(client_config.channel_options(ClientConfig()))
+    assert json.loads(options["grpc.service_config"])["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert options["grpc.keepalive_time_ms"] == 30_000
+    # A call can move to another replica only while gRPC still holds its request.
+    assert options["grpc.per_rpc_retry_buffer_size"] >= ClientConfig().max_message_bytes
+    single = dict(client_config.channel_options(ClientConfig(load_balancing="pick_first")))
+    assert json.loads(single["grpc.service_config"])["loadBalancingConfig"] == [{"pick_first": {}}]
+    with pytest.raises(ValueError, match="load_balancing"):
+        ClientConfig(load_balancing="random")
 
 
 def test_config_validation_and_overrides() -> None:

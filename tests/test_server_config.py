@@ -67,3 +67,23 @@ def test_the_trusted_key_comes_from_the_flag_or_the_environment() -> None:
     assert config_from_args(["--trusted-key", "flag.pub"], {"SKETCHSERVE_TRUSTED_KEY": "env.pub"}).trusted_key == Path(
         "flag.pub"
     )
+
+
+def test_connection_age_and_ping_policy_become_grpc_server_options() -> None:
+    from sketchserve.server.main import MIN_CLIENT_PING_INTERVAL_S, server_options
+
+    cfg = config_from_args(["--max-connection-age-seconds", "60", "--grace-seconds", "7"], {})
+    options = dict(server_options(cfg))
+    assert options["grpc.max_connection_age_ms"] == 60_000
+    assert options["grpc.max_connection_age_grace_ms"] == 7_000
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] == MIN_CLIENT_PING_INTERVAL_S * 1000
+    never = dict(server_options(config_from_args([], {"SKETCHSERVE_MAX_CONNECTION_AGE_SECONDS": "0"})))
+    assert "grpc.max_connection_age_ms" not in never
+
+
+def test_the_clients_keepalive_pings_are_ones_the_server_accepts() -> None:
+    """A client pinging more often than the server allows gets GOAWAY too_many_pings."""
+    from sketchserve.client.config import ClientConfig
+    from sketchserve.server.main import MIN_CLIENT_PING_INTERVAL_S
+
+    assert ClientConfig().keepalive_seconds >= MIN_CLIENT_PING_INTERVAL_S

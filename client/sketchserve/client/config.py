@@ -1,4 +1,12 @@
-"""Client settings and the gRPC channel options they turn into."""
+"""Client settings and the gRPC channel options they turn into.
+
+A target is any gRPC target string: ``host:port``; ``dns:///name:port`` (every
+address the name resolves to, e.g. a Kubernetes headless Service,
+re-resolved when a connection closes); ``ipv4:127.0.0.1:5001,127.0.0.1:5002``
+(a fixed list). The service config balances calls round-robin over every
+address by default, and retries UNAVAILABLE, so a call that hits a draining or
+dead replica moves to another one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,9 @@ from typing import Any
 
 SERVICE_NAME = "sketch.v1.SketchService"
 MIB = 1024 * 1024
+MS_PER_S = 1000
+# gRPC's load-balancing policies a ClientConfig may name.
+LOAD_BALANCING_POLICIES = ("round_robin", "pick_first")
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,14 @@ class ClientConfig:
     # sides than one message per stroke (docs/benchmarks.md, "Serving"); off sends
     # the readable form, e.g. to a server older than the packed fields.
     packed: bool = True
+    # round_robin: one connection per resolved address, calls spread over all of them (and a
+    # replica that goes away is skipped at once). pick_first: one connection, gRPC's default.
+    load_balancing: str = "round_robin"
+    # Ping an idle connection this often to notice a replica that vanished without closing it
+    # (a killed node): the server accepts pings down to every 10 s (sketchserve.server.main).
+    keepalive_seconds: float = 30.0
+    # A ping unanswered this long closes the connection; its calls fail UNAVAILABLE and retry.
+    keepalive_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
@@ -53,6 +72,10 @@ class ClientConfig:
             raise ValueError("retry backoffs must satisfy 0 < retry_initial_backoff <= retry_max_backoff")
         if self.max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
+        if self.load_balancing not in LOAD_BALANCING_POLICIES:
+            raise ValueError(f"load_balancing must be one of {LOAD_BALANCING_POLICIES}, got {self.load_balancing!r}")
+        if self.keepalive_seconds <= 0 or self.keepalive_timeout_seconds <= 0:
+            raise ValueError("keepalive_seconds and keepalive_timeout_seconds must be > 0")
 
 
 def resolve(config: ClientConfig | None, overrides: dict[str, Any]) -> ClientConfig:
@@ -70,7 +93,7 @@ def _seconds(value: float) -> str:
 
 
 def service_config(config: ClientConfig) -> dict[str, Any]:
-    """The gRPC service config: retry UNAVAILABLE on every method of the service."""
+    """The gRPC service config: the load-balancing policy, and retry UNAVAILABLE on every method."""
     method_config: dict[str, Any] = {"name": [{"service": SERVICE_NAME}]}
     if config.retry_attempts > 1:
         method_config["retryPolicy"] = {
@@ -80,7 +103,7 @@ def service_config(config: ClientConfig) -> dict[str, Any]:
             "backoffMultiplier": 2,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
-    return {"methodConfig": [method_config]}
+    return {"loadBalancingConfig": [{config.load_balancing: {}}], "methodConfig": [method_config]}
 
 
 def channel_options(config: ClientConfig, extra: tuple[tuple[str, Any], ...] = ()) -> list[tuple[str, Any]]:
@@ -89,7 +112,15 @@ def channel_options(config: ClientConfig, extra: tuple[tuple[str, Any], ...] = (
         "grpc.max_send_message_length": config.max_message_bytes,
         "grpc.max_receive_message_length": config.max_message_bytes,
         "grpc.enable_retries": 1,
+        # gRPC retries a call only while it still holds the request it sent; past its 256 KiB
+        # default buffers a large request could not move to another replica. One message per
+        # call, at most max_calls_in_flight of them: that is all there is to hold.
+        "grpc.per_rpc_retry_buffer_size": config.max_message_bytes,
+        "grpc.retry_buffer_size": config.max_message_bytes * config.max_calls_in_flight,
         "grpc.service_config": json.dumps(service_config(config)),
+        "grpc.keepalive_time_ms": int(config.keepalive_seconds * MS_PER_S),
+        "grpc.keepalive_timeout_ms": int(config.keepalive_timeout_seconds * MS_PER_S),
+        "grpc.keepalive_permit_without_calls": 1,
     }
     options.update(dict(extra))
     return list(options.items())

@@ -56,6 +56,12 @@ class ServerConfig:
     torch_threads: int = field(default=1, metadata={"help": "torch intra-op threads (0: torch default)"})
     # Long enough for a full queue of batches to finish, short of Kubernetes' 30 s kill.
     grace_seconds: float = field(default=20.0, metadata={"help": "seconds to finish accepted calls on SIGTERM"})
+    # A client keeps its connections (and so its replicas) until they close: closing each one after
+    # 5 minutes (GOAWAY; its calls get --grace-seconds to finish) makes clients re-resolve and spread
+    # onto pods added by a scale-up or a rollout. 0: connections live forever.
+    max_connection_age_seconds: float = field(
+        default=300.0, metadata={"help": "close client connections after this many seconds (0: never)"}
+    )
     # Encodes and decodes each in flight per stream: overlap without unbounded buffering.
     stream_window: int = field(default=8, metadata={"help": "EncodeStream requests in flight per stream"})
     # Decoding a dummy batch makes the first real call as fast as the rest.
@@ -79,7 +85,7 @@ def check_config(cfg: ServerConfig) -> None:
             raise ConfigError(f"{flag_name(name)} must be at least 1, got {getattr(cfg, name)}")
     if not 0 <= cfg.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {cfg.port}")
-    for name in ("max_delay_ms", "torch_threads", "grace_seconds"):
+    for name in ("max_delay_ms", "torch_threads", "grace_seconds", "max_connection_age_seconds"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{flag_name(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_sketches_per_request > cfg.max_queue:

@@ -40,6 +40,11 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
 EXIT_USAGE = 2
+MS_PER_S = 1000
+# Clients ping idle connections (sketchserve.client.config.ClientConfig.keepalive_seconds, 30 s) to notice
+# a dead replica; gRPC's server default answers pings more often than every 5 minutes with GOAWAY
+# "too_many_pings". Accept them down to this interval, with or without calls in flight.
+MIN_CLIENT_PING_INTERVAL_S = 10.0
 
 
 def _load_state(cfg: ServerConfig, metrics: ServerMetrics) -> ServingState:
@@ -145,16 +150,27 @@ class BuiltServer:
         log.info("stopped")
 
 
+def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    """The grpc server's channel arguments: message size, connection age, client keepalive policy."""
+    options = [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(MIN_CLIENT_PING_INTERVAL_S * MS_PER_S)),
+    ]
+    if cfg.max_connection_age_seconds > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(cfg.max_connection_age_seconds * MS_PER_S)),
+            # An aged-out connection's calls get the drain's grace to finish, as on SIGTERM.
+            ("grpc.max_connection_age_grace_ms", int(cfg.grace_seconds * MS_PER_S)),
+        ]
+    return options
+
+
 def build_server(cfg: ServerConfig) -> BuiltServer:
     """Create the grpc.aio server with every service and bind its port (call inside the event loop)."""
     metrics = ServerMetrics()
-    server = grpc.aio.server(
-        interceptors=[StatusInterceptor(metrics.on_call)],
-        options=[
-            ("grpc.max_receive_message_length", cfg.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
+    server = grpc.aio.server(interceptors=[StatusInterceptor(metrics.on_call)], options=server_options(cfg))
     servicer = SketchServicer()
     sketch_pb2_grpc.add_SketchServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
