@@ -179,3 +179,23 @@ def test_failures_are_one_line(
     argv = ["score", "--target", clustered_server.target, "--out", "x.npy", circles]
     line = _one_line_error(run(capsys, *argv), "score")
     assert ".npy" in line
+
+
+def test_chunks_stay_in_order_with_a_window_in_flight() -> None:
+    """``--parallel N`` sends N chunks before waiting for the first answer, and answers come in input order."""
+    from concurrent.futures import Future
+
+    pulled: list[int] = []
+
+    def sent(count: int):
+        for i in range(count):
+            pulled.append(i)
+            future: Future = Future()
+            future.set_result(cli.Batch(rows=[{"i": i}]))
+            yield [i], future
+
+    answers = cli._in_order(sent(5), window=3)
+    first_chunk, first = next(answers)
+    assert first_chunk == [0] and first.rows == [{"i": 0}]
+    assert pulled == [0, 1, 2]
+    assert [chunk for chunk, _ in answers] == [[1], [2], [3], [4]]

@@ -9,6 +9,7 @@ deterministic encoder).
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +20,8 @@ import pytest
 from replicas import Replica, multi_target, replicas
 from server_fixtures import random_sketches
 
-from sketchserve.client import SketchClient
+from sketchserve import cli as dispatcher
+from sketchserve.client import SketchClient, cli
 from sketchserve.client.convert import sketch_from_pb
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -29,7 +31,6 @@ CALLS = 60  # per load run: enough for a spread within 20 %, few enough for a lo
 SKETCHES_PER_CALL = 2
 WORKERS = 6  # concurrent callers
 SPREAD_TOLERANCE = 0.2
-OK_ENCODES = ("sketchserve_requests_total", {"method": "Encode", "code": "OK"})
 # The victim's batcher waits this long for company before computing: calls sit in it meanwhile.
 DRAIN_HOLD_MS = "2000"
 # ... and for the killed victim, longer than the test: nothing it accepts is ever answered.
@@ -54,8 +55,11 @@ def inputs(steady: list[Replica]) -> tuple[list, np.ndarray]:
 
 
 def ok_encodes(replica: Replica) -> float:
-    name, labels = OK_ENCODES
-    return replica.metric(name, **labels)
+    return replica.metric("sketchserve_requests_total", method="Encode", code="OK")
+
+
+def ok_streams(replica: Replica) -> float:
+    return replica.metric("sketchserve_requests_total", method="EncodeStream", code="OK")
 
 
 def run_load(target: str, sketches: Sequence) -> list[Future]:
@@ -127,3 +131,38 @@ def test_calls_in_flight_on_a_killed_replica_are_retried_elsewhere_exactly_once(
     # The victim answered nothing (its batch never filled): every call, the ones it held included,
     # was answered by a steady replica, once.
     assert sum(ok_encodes(r) for r in steady) - before == CALLS
+
+
+def write_ndjson(path: Path, sketches: Sequence) -> None:
+    """Simplified ndjson drawings (``[[x...], [y...]]`` per stroke), key_id = the index."""
+    rows = [
+        {"word": "test", "key_id": str(i), "drawing": [[s[:, 0].tolist(), s[:, 1].tolist()] for s in sketch.strokes]}
+        for i, sketch in enumerate(sketches)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+BULK_CHUNK = 8  # drawings per chunk here: 120 drawings are 15 chunks, each a stream of 2 requests
+BULK_BATCH = 4
+
+
+def test_bulk_encode_fans_out_over_every_replica_in_input_order(
+    steady: list[Replica],
+    inputs: tuple,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sketches, expected = inputs
+    monkeypatch.setattr(cli, "READ_CHUNK", BULK_CHUNK)
+    drawings = tmp_path / "drawings.ndjson"
+    write_ndjson(drawings, sketches)
+    before = [ok_streams(r) for r in steady]
+    argv = ["--target", multi_target(steady), "--batch-size", str(BULK_BATCH), "--parallel", str(STEADY)]
+    assert dispatcher.main(["encode", *argv, str(drawings)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["key_id"] for row in rows] == [str(i) for i in range(len(sketches))]
+    np.testing.assert_allclose(np.array([row["mu"] for row in rows]), expected, atol=1e-5)
+    streams = [ok_streams(r) - b for r, b in zip(steady, before)]
+    assert sum(streams) == len(sketches) // BULK_CHUNK
+    assert min(streams) > 0, streams

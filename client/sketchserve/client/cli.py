@@ -7,6 +7,12 @@ stdout or ``--out``; ``encode --out FILE.npy`` writes the ``mu`` matrix instead,
 ``reconstruct --png FILE`` draws inputs and reconstructions side by side.
 A progress bar on stderr follows large inputs. Any failure is one line on
 stderr and exit status 1.
+
+``--target`` is any gRPC target: ``host:port``, ``dns:///name:port`` (all the
+addresses of a Kubernetes headless Service), ``ipv4:host:port,host:port``.
+The data commands keep ``--parallel`` chunks of drawings in flight, each its
+own call, which the client's round-robin balancing spreads over every replica;
+the output keeps the input's order.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import dataclasses
 import json
 import os
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import islice
@@ -36,6 +44,9 @@ DEFAULT_TARGET = "localhost:50051"  # `make serve`'s address
 TARGET_ENV = "SKETCHSERVE_TARGET"
 BATCH_SIZE = 64  # drawings per request: well under the server's per-request limit
 READ_CHUNK = 256  # drawings read, sent and written together: bounds memory on any file size
+# Chunks in flight: one per replica of a 4-replica deployment; 4 x 256 drawings also fill, and no
+# more than fill, a single default server's queue (--max-queue 1024).
+PARALLEL = 4
 DECIMALS = 6  # float32 carries ~7 significant digits; more in JSON is noise
 PNG_LIMIT = 64  # drawings (pairs, for reconstruct) drawn in a --png grid
 EXIT_FAILED = 1
@@ -51,7 +62,7 @@ def _parser(name: str, summary: str, *, files: bool = True) -> argparse.Argument
     parser.add_argument(
         "--target",
         default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
-        help=f"server HOST:PORT (env {TARGET_ENV}, default %(default)s)",
+        help=f"server HOST:PORT, dns:///NAME:PORT or ipv4:HOST:PORT,HOST:PORT (env {TARGET_ENV}, default %(default)s)",
     )
     parser.add_argument(
         "--timeout", type=float, default=ClientConfig.timeout, help="seconds per request (default %(default)s)"
@@ -66,6 +77,12 @@ def _parser(name: str, summary: str, *, files: bool = True) -> argparse.Argument
         parser.add_argument(
             "--batch-size", type=int, default=BATCH_SIZE, help="drawings per request (default %(default)s)"
         )
+        parser.add_argument(
+            "--parallel",
+            type=int,
+            default=PARALLEL,
+            help=f"chunks of {READ_CHUNK} drawings in flight, spread over the target's replicas (default %(default)s)",
+        )
     return parser
 
 
@@ -73,7 +90,10 @@ def _client(args: argparse.Namespace) -> SketchClient:
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
     batch = getattr(args, "batch_size", BATCH_SIZE)
-    return SketchClient(args.target, timeout=args.timeout, max_sketches_per_call=batch)
+    parallel = getattr(args, "parallel", PARALLEL)
+    if parallel < 1:
+        raise UsageError(f"--parallel must be >= 1, got {parallel}")
+    return SketchClient(args.target, timeout=args.timeout, max_sketches_per_call=batch, max_calls_in_flight=parallel)
 
 
 def _records(args: argparse.Namespace, skipped: data.SkipCounter) -> Iterator[data.DrawingRecord]:
@@ -174,6 +194,20 @@ def _handle_naming_source(
         raise SketchServiceError(exc.method, exc.code, f"{source}: {exc.details}") from None
 
 
+def _in_order(
+    sent: Iterator[tuple[list[data.DrawingRecord], Future[Batch]]], window: int
+) -> Iterator[tuple[list[data.DrawingRecord], Batch]]:
+    """Each chunk with its answer, in input order, while up to ``window`` chunks are in flight."""
+    pending: deque[tuple[list[data.DrawingRecord], Future[Batch]]] = deque()
+    for item in sent:
+        pending.append(item)
+        if len(pending) == window:
+            chunk, future = pending.popleft()
+            yield chunk, future.result()
+    for chunk, future in pending:
+        yield chunk, future.result()
+
+
 def _process(args: argparse.Namespace, handle: Handler) -> Collected:
     """Send every drawing in chunks, writing JSONL as it goes (unless ``--out`` is ``.npy``)."""
     collected = Collected()
@@ -182,8 +216,13 @@ def _process(args: argparse.Namespace, handle: Handler) -> Collected:
         client = stack.enter_context(_client(args))
         out = None if _wants_npy(args) else _open_out(stack, args.out)
         bar: progress.Progress | None = None
-        for chunk in _chunks(_records(args, skipped), READ_CHUNK):
-            batch = _handle_naming_source(handle, client, chunk, args)
+        pool = ThreadPoolExecutor(args.parallel, thread_name_prefix="sketchserve-send")
+        stack.callback(pool.shutdown, cancel_futures=True)
+        sent = (
+            (chunk, pool.submit(_handle_naming_source, handle, client, chunk, args))
+            for chunk in _chunks(_records(args, skipped), READ_CHUNK)
+        )
+        for chunk, batch in _in_order(sent, args.parallel):
             if out is not None:
                 _write_jsonl(out, batch.rows)
             collected.add(chunk, batch)
