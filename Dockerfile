@@ -5,6 +5,7 @@
 #   docker build -t sketchserve .                          # CUDA torch on a CUDA runtime base
 #   docker build --build-arg VARIANT=cpu -t sketchserve:cpu .   # CPU-only, no CUDA libraries
 #   docker run --gpus all -p 50051:50051 -p 9090:9090 sketchserve
+#   docker build --build-arg EXTRAS=server,train -t sketchserve:cuda-train .  # also `sketchserve train` (deploy/kubernetes/training)
 #
 # Every `sketchserve serve` flag is also an environment variable
 # (SKETCHSERVE_PORT, SKETCHSERVE_MAX_BATCH_SIZE, ...): override with `docker run -e`.
@@ -43,6 +44,8 @@ FROM base AS build
 ARG TORCH_VERSION=2.13.0
 # The protobuf compiler; the grpcio it pulls in is the one the image runs.
 ARG GRPC_TOOLS_VERSION=1.85.1
+# The package's extras: server (the default image), or server,train for training Jobs.
+ARG EXTRAS=server
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3-venv \
@@ -64,7 +67,7 @@ COPY training/ training/
 # check the installed copy imports (-I: not the source tree in the working directory).
 RUN python -m grpc_tools.protoc --proto_path=sketchserve/pb=proto \
         --python_out=. --grpc_python_out=. --pyi_out=. proto/sketch/v1/sketch.proto \
-    && pip install --no-cache-dir -c constraints.txt ".[server]" \
+    && pip install --no-cache-dir -c constraints.txt ".[${EXTRAS}]" \
     && pip uninstall -y grpcio-tools \
     && python -I -c "from sketchserve.pb.sketch.v1 import sketch_pb2_grpc; import sketchserve.server.main"
 
