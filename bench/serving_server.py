@@ -89,6 +89,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def read_metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample of the Prometheus endpoint on 127.0.0.1:``port`` (0.0 when absent)."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=METRICS_TIMEOUT_S) as response:
+        text = response.read().decode("utf-8")
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                return float(sample.value)
+    return 0.0
+
+
 def serve_command(model_dir: Path, args: list[str], log_level: str = "WARNING") -> list[str]:
     """``sketchserve serve`` of ``model_dir`` on 127.0.0.1 with ``args``, as this tree's Python runs it."""
     cli = [sys.executable, "-m", "sketchserve.cli", "serve"]
@@ -152,6 +163,13 @@ class ServerProcess:
                 if self._watch_until_serving(stub):
                     return
         raise RuntimeError(f"server not SERVING after {START_TIMEOUT_S} s:\n{self._log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def metric(self, name: str, **labels: str) -> float:
+        return read_metric(self.metrics_port, name, labels)
 
     def _metrics(self) -> str:
         url = f"http://{HOST}:{self.metrics_port}/metrics"

@@ -12,20 +12,17 @@ import re
 import signal
 import subprocess
 import threading
-import urllib.request
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-from serving_server import HOST, serve_command
+from serving_server import HOST, read_metric, serve_command
 
 START_TIMEOUT_S = 120.0  # import torch, verify, load and warm the model on a busy 2-core box
 STOP_TIMEOUT_S = 60.0  # above the replicas' --grace-seconds
-METRICS_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
-LISTENING = re.compile(r"event=listening port=(\d+) metrics_port=(\d+)")
+LISTENING = re.compile(r"event=listening\b.*?\bport=(\d+) metrics_port=(\d+)")
 SERVING = re.compile(r"event=serving port=\d+")
 ACCEPTED = re.compile(r"event=\"call accepted\" method=(\w+)")
 
@@ -87,15 +84,8 @@ class Replica:
             raise RuntimeError(f"replica accepted fewer than {count} {method} calls:\n{self.log_tail()}")
 
     def metric(self, name: str, **labels: str) -> float:
-        """One sample from the replica's /metrics (0.0 when absent)."""
-        url = f"http://{HOST}:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_S) as response:
-            text = response.read().decode("utf-8")
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
+        """One sample from the replica's /metrics (0.0 when absent), as a scraper reads it."""
+        return read_metric(self.metrics_port, name, labels)
 
     def signal(self, signum: signal.Signals) -> None:
         self.process.send_signal(signum)
