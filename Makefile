@@ -66,6 +66,7 @@ serve: install
 bench: install
 	$(BIN)/python bench/bench_preprocess.py --data $(DATA)
 	$(BIN)/python bench/bench_serving.py --model $(MODEL)
+	$(BIN)/python bench/bench_replicas.py --model $(MODEL)
 	$(BIN)/python bench/bench_clustering.py --model $(MODEL)
 
 # The published tables, rendered from bench/results/*.json (tests/test_figures.py fails when they drift).

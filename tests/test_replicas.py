@@ -166,3 +166,10 @@ def test_bulk_encode_fans_out_over_every_replica_in_input_order(
     streams = [ok_streams(r) - b for r, b in zip(steady, before)]
     assert sum(streams) == len(sketches) // BULK_CHUNK
     assert min(streams) > 0, streams
+
+
+def test_a_dns_target_reaches_the_replica_behind_the_name(steady: list[Replica], inputs: tuple) -> None:
+    """``dns:///name:port``, as for a headless Service (here the name resolves to the loopback)."""
+    sketches, expected = inputs
+    with SketchClient(f"dns:///localhost:{steady[0].port}") as client:
+        np.testing.assert_allclose(client.encode(sketches[:4]).mu, expected[:4], atol=1e-5)
