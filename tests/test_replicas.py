@@ -173,3 +173,24 @@ def test_a_dns_target_reaches_the_replica_behind_the_name(steady: list[Replica],
     sketches, expected = inputs
     with SketchClient(f"dns:///localhost:{steady[0].port}") as client:
         np.testing.assert_allclose(client.encode(sketches[:4]).mu, expected[:4], atol=1e-5)
+
+
+AGE_S = "0.5"  # the connection's age limit: far shorter than the hold below
+AGED_CALLS = 4
+
+
+def test_calls_outlive_their_connections_age_limit_within_the_grace(tiny_model: Path, inputs: tuple) -> None:
+    """--max-connection-age-seconds closes a connection (GOAWAY) while its calls are held in the batcher:
+    they finish within --grace-seconds, answered once each, and the next call takes a new connection."""
+    sketches, expected = inputs
+    hold = ["--max-delay-ms", DRAIN_HOLD_MS, "--max-batch-size", VICTIM_BATCH, "--grace-seconds", "30"]
+    with replicas(tiny_model, 1, ["--max-connection-age-seconds", AGE_S, *hold]) as (replica,):
+        with SketchClient(replica.target, max_sketches_per_call=SKETCHES_PER_CALL) as client:
+            with ThreadPoolExecutor(AGED_CALLS) as pool:
+                futures = [
+                    pool.submit(client.encode, sketches[i : i + SKETCHES_PER_CALL])
+                    for i in range(0, AGED_CALLS * SKETCHES_PER_CALL, SKETCHES_PER_CALL)
+                ]
+            check_every_result_once(futures, expected[: AGED_CALLS * SKETCHES_PER_CALL])
+            assert ok_encodes(replica) == AGED_CALLS
+            np.testing.assert_allclose(client.encode(sketches[:1]).mu, expected[:1], atol=1e-5)

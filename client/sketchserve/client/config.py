@@ -92,6 +92,11 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}s"
 
 
+def balancing_config(config: ClientConfig) -> dict[str, Any]:
+    """The service config's load-balancing part: one policy over every address of the target."""
+    return {"loadBalancingConfig": [{config.load_balancing: {}}]}
+
+
 def service_config(config: ClientConfig) -> dict[str, Any]:
     """The gRPC service config: the load-balancing policy, and retry UNAVAILABLE on every method."""
     method_config: dict[str, Any] = {"name": [{"service": SERVICE_NAME}]}
@@ -103,7 +108,21 @@ def service_config(config: ClientConfig) -> dict[str, Any]:
             "backoffMultiplier": 2,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
-    return {"loadBalancingConfig": [{config.load_balancing: {}}], "methodConfig": [method_config]}
+    return {**balancing_config(config), "methodConfig": [method_config]}
+
+
+def connection_options(config: ClientConfig) -> dict[str, Any]:
+    """Keepalive, and retry buffers that let any call move to another replica."""
+    return {
+        # gRPC retries a call only while it still holds the request it sent; past its 256 KiB
+        # default buffers a large request could not move to another replica. One message per
+        # call, at most max_calls_in_flight of them: that is all there is to hold.
+        "grpc.per_rpc_retry_buffer_size": config.max_message_bytes,
+        "grpc.retry_buffer_size": config.max_message_bytes * config.max_calls_in_flight,
+        "grpc.keepalive_time_ms": int(config.keepalive_seconds * MS_PER_S),
+        "grpc.keepalive_timeout_ms": int(config.keepalive_timeout_seconds * MS_PER_S),
+        "grpc.keepalive_permit_without_calls": 1,
+    }
 
 
 def channel_options(config: ClientConfig, extra: tuple[tuple[str, Any], ...] = ()) -> list[tuple[str, Any]]:
@@ -112,15 +131,8 @@ def channel_options(config: ClientConfig, extra: tuple[tuple[str, Any], ...] = (
         "grpc.max_send_message_length": config.max_message_bytes,
         "grpc.max_receive_message_length": config.max_message_bytes,
         "grpc.enable_retries": 1,
-        # gRPC retries a call only while it still holds the request it sent; past its 256 KiB
-        # default buffers a large request could not move to another replica. One message per
-        # call, at most max_calls_in_flight of them: that is all there is to hold.
-        "grpc.per_rpc_retry_buffer_size": config.max_message_bytes,
-        "grpc.retry_buffer_size": config.max_message_bytes * config.max_calls_in_flight,
         "grpc.service_config": json.dumps(service_config(config)),
-        "grpc.keepalive_time_ms": int(config.keepalive_seconds * MS_PER_S),
-        "grpc.keepalive_timeout_ms": int(config.keepalive_timeout_seconds * MS_PER_S),
-        "grpc.keepalive_permit_without_calls": 1,
+        **connection_options(config),
     }
     options.update(dict(extra))
     return list(options.items())
