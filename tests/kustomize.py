@@ -1,10 +1,12 @@
 """The subset of kustomize that deploy/kubernetes uses, in Python, so tests render the overlays offline.
 
 Supported: ``resources`` (files, or directories holding a kustomization.yaml),
-``components`` (directories whose kustomization.yaml is ``kind: Component``)
-and ``patches`` given as a ``path`` to a JSON 6902 patch (a YAML list of
-operations) with a ``target`` of ``kind`` and ``name``. Order as in kustomize:
-resources, then components, then the kustomization's own patches. Any other
+``components`` (directories whose kustomization.yaml is ``kind: Component``),
+``patches`` given as a ``path`` to a JSON 6902 patch (a YAML list of
+operations) with a ``target`` of ``kind`` and ``name``, and ``images``
+(``name`` with ``newName`` and/or ``newTag``, what ``kustomize edit set image``
+writes) for the containers of pod templates. Order as in kustomize:
+resources, then components, then the kustomization's own patches, then images. Any other
 field is refused, so a manifest that starts using more of kustomize fails the
 tests until this renderer (or the test's approach) grows with it.
 """
@@ -18,7 +20,8 @@ import jsonpatch
 import yaml
 
 KUSTOMIZATION = "kustomization.yaml"
-SUPPORTED = {"apiVersion", "kind", "resources", "components", "patches"}
+SUPPORTED = {"apiVersion", "kind", "resources", "components", "patches", "images"}
+IMAGE_KEYS = {"name", "newName", "newTag"}
 TARGET_KEYS = {"kind", "name"}
 
 
@@ -76,7 +79,22 @@ def _render(directory: Path, kind: str) -> list[dict[str, Any]]:
         objects += _resources(where, part)
         _apply_patches(where, part.get("patches", []), objects)
     _apply_patches(directory, spec.get("patches", []), objects)
+    for image in spec.get("images", []):
+        _set_image(directory, image, objects)
     return objects
+
+
+def _set_image(directory: Path, image: dict[str, str], objects: list[dict[str, Any]]) -> None:
+    """Rename or retag every pod-template container whose image is ``image["name"]`` (any tag)."""
+    if "name" not in image or not set(image) <= IMAGE_KEYS:
+        raise KustomizeError(f"{directory / KUSTOMIZATION}: an image needs name, and newName and/or newTag only")
+    for obj in objects:
+        pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+        for container in pod.get("containers", []) + pod.get("initContainers", []):
+            name, _, tag = container["image"].partition(":")
+            if name == image["name"]:
+                new_tag = image.get("newTag", tag)
+                container["image"] = image.get("newName", name) + (f":{new_tag}" if new_tag else "")
 
 
 def render(directory: Path) -> list[dict[str, Any]]:

@@ -338,3 +338,19 @@ def test_the_tls_components_exec_probes_reach_a_mutual_tls_health_service(
         assert probe.main([]) == 1  # plaintext, as the kubelet's own gRPC probe speaks
     finally:
         server.stop(0)
+
+
+def test_an_overlay_can_point_at_a_registry_as_kustomize_edit_set_image_writes(tmp_path: Path) -> None:
+    overlay_dir = tmp_path / "mine"
+    overlay_dir.mkdir()
+    (overlay_dir / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(DEPLOY / "overlays" / "gpu")],
+                "images": [{"name": "sketchserve", "newName": "registry.example/sketchserve", "newTag": "cuda-1"}],
+            }
+        )
+    )
+    assert serving_container(render(overlay_dir))["image"] == "registry.example/sketchserve:cuda-1"
