@@ -1,0 +1,71 @@
+"""EncodeStream's promises, observed on the server's side (tests/engine_probe.py): at most
+``--stream-window`` requests of a stream outstanding, and every request's encode bounded
+by the stream's deadline, which the client sizes at ``timeout`` per request it carries."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_probe import EngineProbe
+from server_fixtures import CALL_TIMEOUT_S, RunningServer, random_sketches, running_server, server_config
+
+from sketchserve.client.sync import SketchClient
+from sketchserve.pb.sketch.v1 import sketch_pb2
+
+pytestmark = pytest.mark.timeout(120)
+
+STREAM_WINDOW = 3
+REQUESTS = 4 * STREAM_WINDOW
+# Stream requests of one sketch each: the client's stream carries this many.
+CLIENT_REQUESTS = 3
+# gRPC rounds the deadline it sends up (60 s arrived as 60.1 s): the server may see a little more.
+DEADLINE_ROUNDING_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def window_server(tiny_model: Path) -> Iterator[RunningServer]:
+    with running_server(server_config(tiny_model, stream_window=STREAM_WINDOW)) as server:
+        yield server
+
+
+def test_a_stream_never_has_more_than_its_window_outstanding(window_server: RunningServer) -> None:
+    """Encodes held at a gate: the server reads exactly ``stream_window`` requests and waits."""
+    probe = EngineProbe.install(window_server, gated=True)
+    all_sent = threading.Event()
+
+    def requests() -> Iterator[sketch_pb2.EncodeRequest]:
+        for i in range(REQUESTS):
+            yield sketch_pb2.EncodeRequest(sketches=random_sketches(40 + i, 1))
+        all_sent.set()
+
+    stream = window_server.stub.EncodeStream(requests(), timeout=CALL_TIMEOUT_S)
+    window_server.run(probe.wait_in_flight(STREAM_WINDOW))
+    assert all_sent.wait(CALL_TIMEOUT_S)
+    # Answered on the same connection after every request was sent: the server has them all.
+    window_server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S)
+    assert probe.in_flight == STREAM_WINDOW
+    window_server.run(probe.open())
+    assert len(list(stream)) == REQUESTS
+    assert probe.most_in_flight == STREAM_WINDOW
+
+
+def test_each_stream_request_is_bounded_by_the_stream_deadline(window_server: RunningServer) -> None:
+    """The client gives the stream ``timeout`` per request; the server hands each request's encode
+    the stream's remaining time, so a request queued past the deadline is dropped, not computed."""
+    probe = EngineProbe.install(window_server)
+    sketches = [[np.column_stack([st.x, st.y]) for st in s.strokes] for s in random_sketches(60, CLIENT_REQUESTS)]
+    with SketchClient(window_server.target, timeout=CALL_TIMEOUT_S, max_sketches_per_call=1) as client:
+        streamed = client.encode(sketches)
+        alone = np.concatenate([client.encode([s]).mu for s in sketches])
+    np.testing.assert_allclose(streamed.mu, alone, atol=1e-6)
+    stream_timeouts = probe.timeouts[:CLIENT_REQUESTS]
+    assert all(t is not None for t in stream_timeouts), stream_timeouts
+    first, *rest = stream_timeouts
+    assert (CLIENT_REQUESTS - 1) * CALL_TIMEOUT_S < first <= CLIENT_REQUESTS * CALL_TIMEOUT_S + DEADLINE_ROUNDING_S
+    assert all(later <= first for later in rest)
+    unary_timeouts = probe.timeouts[CLIENT_REQUESTS:]
+    assert all(t is not None and t <= CALL_TIMEOUT_S + DEADLINE_ROUNDING_S for t in unary_timeouts), unary_timeouts
