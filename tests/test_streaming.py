@@ -13,6 +13,7 @@ import pytest
 from engine_probe import EngineProbe
 from server_fixtures import CALL_TIMEOUT_S, RunningServer, random_sketches, running_server, server_config
 
+from sketchserve.client.convert import sketch_from_pb
 from sketchserve.client.sync import SketchClient
 from sketchserve.pb.sketch.v1 import sketch_pb2
 
@@ -57,7 +58,7 @@ def test_each_stream_request_is_bounded_by_the_stream_deadline(window_server: Ru
     """The client gives the stream ``timeout`` per request; the server hands each request's encode
     the stream's remaining time, so a request queued past the deadline is dropped, not computed."""
     probe = EngineProbe.install(window_server)
-    sketches = [[np.column_stack([st.x, st.y]) for st in s.strokes] for s in random_sketches(60, CLIENT_REQUESTS)]
+    sketches = [sketch_from_pb(s) for s in random_sketches(60, CLIENT_REQUESTS)]
     with SketchClient(window_server.target, timeout=CALL_TIMEOUT_S, max_sketches_per_call=1) as client:
         streamed = client.encode(sketches)
         alone = np.concatenate([client.encode([s]).mu for s in sketches])
