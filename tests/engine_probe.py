@@ -62,12 +62,19 @@ class EngineProbe:
             await self._gate.wait()
             return await self._engine.encode(drawings, timeout=timeout)
         finally:
-            self.in_flight -= 1
+            async with self._changed:
+                self.in_flight -= 1
+                self._changed.notify_all()
 
     async def wait_in_flight(self, count: int) -> None:
         """Return once ``count`` encodes are in flight together."""
         async with self._changed:
             await self._changed.wait_for(lambda: self.in_flight >= count)
+
+    async def wait_idle(self) -> None:
+        """Return once no encode is in flight (finished, failed or cancelled, its batcher items dropped)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_flight == 0)
 
     async def open(self) -> None:
         self._gate.set()
