@@ -8,10 +8,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from engine_probe import EngineProbe
 from server_fixtures import CALL_TIMEOUT_S, RunningServer, random_sketches, running_server, server_config
+from test_server_lifecycle import computed, dropped
 
 from sketchserve.client.convert import sketch_from_pb
 from sketchserve.client.sync import SketchClient
@@ -25,6 +27,13 @@ REQUESTS = 4 * STREAM_WINDOW
 CLIENT_REQUESTS = 3
 # gRPC rounds the deadline it sends up (60 s arrived as 60.1 s): the server may see a little more.
 DEADLINE_ROUNDING_S = 1.0
+
+
+# Batches wait this long for company, far beyond any test: they start only when full.
+NEVER_MS = 600_000.0
+# The stream's deadline passes while its request is queued (it only has to reach the server first).
+STREAM_DEADLINE_S = 1.0
+QUEUED = 2
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +79,18 @@ def test_each_stream_request_is_bounded_by_the_stream_deadline(window_server: Ru
     assert all(later <= first for later in rest)
     unary_timeouts = probe.timeouts[CLIENT_REQUESTS:]
     assert all(t is not None and t <= CALL_TIMEOUT_S + DEADLINE_ROUNDING_S for t in unary_timeouts), unary_timeouts
+
+
+def test_stream_requests_queued_past_the_deadline_are_dropped_not_computed(tiny_model: Path) -> None:
+    with running_server(server_config(tiny_model, max_delay_ms=NEVER_MS, warmup=False)) as server:
+        probe = EngineProbe.install(server)
+        computed_before, dropped_before = computed(server), dropped(server)
+        # Two requests: the server awaits the first's answer while the second waits behind it.
+        requests = iter([sketch_pb2.EncodeRequest(sketches=random_sketches(61 + i, 1)) for i in range(QUEUED)])
+        with pytest.raises(grpc.RpcError) as caught:
+            list(server.stub.EncodeStream(requests, timeout=STREAM_DEADLINE_S))
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        server.run(probe.wait_idle())  # the server has given both up
+        assert len(probe.timeouts) == QUEUED  # they were queued
+        assert computed(server) == computed_before
+        assert dropped(server) - dropped_before == QUEUED
