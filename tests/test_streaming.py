@@ -4,8 +4,9 @@ by the stream's deadline, which the client sizes at ``timeout`` per request it c
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -61,6 +62,43 @@ def test_a_stream_never_has_more_than_its_window_outstanding(window_server: Runn
     window_server.run(probe.open())
     assert len(list(stream)) == REQUESTS
     assert probe.most_in_flight == STREAM_WINDOW
+
+
+class NoDeadline:
+    """What EncodeStream reads of its servicer context, for a call without a deadline."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+def test_a_window_slot_frees_only_when_grpc_takes_the_response(window_server: RunningServer) -> None:
+    """EncodeStream driven as gRPC drives it, one response taken at a time: while a response
+    waits to be taken (a slow reader), the server reads no request past the window."""
+    probe = EngineProbe.install(window_server, gated=True)
+    pulled = 0
+
+    async def requests() -> AsyncIterator[sketch_pb2.EncodeRequest]:
+        nonlocal pulled
+        for i in range(REQUESTS):
+            pulled += 1
+            yield sketch_pb2.EncodeRequest(sketches=random_sketches(100 + i, 1))
+
+    async def drive() -> list[int]:
+        responses = window_server.built.servicer.EncodeStream(requests(), NoDeadline())
+        first = asyncio.ensure_future(anext(responses))
+        await probe.wait_in_flight(STREAM_WINDOW)
+        await probe.open()
+        await first
+        await probe.wait_idle()
+        seen = [pulled]  # the first response is out but not taken: no slot is free
+        async for _ in responses:
+            seen.append(pulled)
+        return seen
+
+    seen = window_server.run(drive())
+    assert len(seen) == REQUESTS
+    assert seen[0] == STREAM_WINDOW
+    assert all(count <= taken + STREAM_WINDOW for taken, count in enumerate(seen))
 
 
 def test_each_stream_request_is_bounded_by_the_stream_deadline(window_server: RunningServer) -> None:
