@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -60,9 +61,9 @@ class Observations:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
 
 
-def make_batcher(recorder: Recorder, observer: Observations | None = None, **overrides) -> Batcher:
+def make_batcher(recorder: Recorder, observer: Observations | None = None, **overrides: Any) -> Batcher[int, int]:
     settings = {"max_batch_size": 4, "max_delay_s": 0.0, "max_queue": 64} | overrides
-    batcher = Batcher("test", recorder, observer=observer, **settings)
+    batcher: Batcher[int, int] = Batcher("test", recorder, observer=observer, **settings)
     batcher.start()
     return batcher
 
@@ -233,11 +234,55 @@ def test_cancelled_requests_are_dropped_before_compute() -> None:
     assert seen.dropped == {DROP_CANCELLED: 3}
 
 
-def test_a_lone_item_is_flushed_after_the_delay() -> None:
-    recorder, seen = Recorder(), Observations()
-    batcher = make_batcher(recorder, seen, max_batch_size=64, max_delay_s=0.02)
-    assert asyncio.run(batcher.submit(items(3))) == [6]
-    assert seen.batch_sizes == [1]
+@dataclass
+class StepClock:
+    """The batcher's clock, standing still until the test moves it; counts the worker's readings."""
+
+    now: float = 0.0
+    worker_reads: int = 0
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def __call__(self) -> float:
+        with self.changed:
+            if threading.current_thread().name.startswith("batcher-"):
+                self.worker_reads += 1
+                self.changed.notify_all()
+            return self.now
+
+    def set(self, now: float) -> None:
+        with self.changed:
+            self.now = now
+
+    def await_worker_looks(self, looks: int, or_else: Callable[[], bool]) -> None:
+        """Block until the worker has read the clock ``looks`` more times, or ``or_else()`` holds."""
+        with self.changed:
+            target = self.worker_reads + looks
+            if not self.changed.wait_for(lambda: self.worker_reads >= target or or_else(), GATE_TIMEOUT_S):
+                raise TimeoutError("the batcher's worker stopped reading its clock")
+
+
+# In the StepClock's seconds; the worker re-reads the clock at least this often in real seconds.
+FLUSH_DELAY = 0.05
+# Worker readings of a standing clock that show it is waiting, not flushing (two per wait).
+LOOKS = 6
+
+
+def test_a_lone_item_waits_exactly_the_delay_then_is_flushed() -> None:
+    clock, recorder, seen = StepClock(), Recorder(), Observations()
+    batcher = make_batcher(recorder, seen, max_batch_size=64, max_delay_s=FLUSH_DELAY, clock=clock)
+
+    async def scenario() -> list[int]:
+        call = asyncio.create_task(batcher.submit(items(3)))
+        await asyncio.sleep(0)
+        for now in (0.0, FLUSH_DELAY / 2):
+            clock.set(now)
+            await asyncio.to_thread(clock.await_worker_looks, LOOKS, lambda: bool(recorder.batches))
+            assert recorder.batches == [], f"flushed at {now} s of a {FLUSH_DELAY} s delay"
+        clock.set(FLUSH_DELAY)
+        return await call
+
+    assert asyncio.run(scenario()) == [6]
+    assert recorder.batches == [[3]] and seen.batch_sizes == [1]
 
 
 def test_close_finishes_queued_work_and_refuses_new() -> None:

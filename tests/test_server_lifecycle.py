@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from engine_probe import EngineProbe
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_fixtures import (
     CALL_TIMEOUT_S,
@@ -34,10 +35,10 @@ pytestmark = pytest.mark.timeout(120)
 SERVICE = "sketch.v1.SketchService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-# Queued calls wait this long for company: long enough to act on them while they wait.
-SLOW_FLUSH_MS = 1500.0
-# Far below SLOW_FLUSH_MS: such a call's deadline passes while it is queued.
-SHORT_DEADLINE_S = 0.3
+# Queued calls wait this long for company, far beyond any test: batches start only when full.
+SLOW_FLUSH_MS = 600_000.0
+# Such a call's deadline passes while it is queued (it only has to reach the server first).
+SHORT_DEADLINE_S = 1.0
 SLOW_QUEUE = 8
 IN_FLIGHT_CALLS = 6
 
@@ -72,7 +73,7 @@ def test_health_is_not_serving_until_warm_and_while_draining(tiny_model: Path) -
 
 @pytest.fixture(scope="module")
 def slow_server(tiny_model: Path) -> Iterator[RunningServer]:
-    """Batches of 8 that otherwise wait SLOW_FLUSH_MS; a queue of 8."""
+    """Batches of 8 that start only when full; a queue of 8."""
     cfg = server_config(
         tiny_model,
         max_batch_size=SLOW_QUEUE,
@@ -101,31 +102,40 @@ def computed(server: RunningServer) -> list[float]:
 
 
 def test_a_call_whose_deadline_passes_while_queued_costs_no_compute(slow_server: RunningServer) -> None:
+    probe = EngineProbe.install(slow_server)
     computed_before, dropped_before = computed(slow_server), dropped(slow_server)
     with pytest.raises(grpc.RpcError) as caught:
         slow_server.stub.Encode(encode_request(1, 1), timeout=SHORT_DEADLINE_S)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    slow_server.stub.Encode(encode_request(2, 1), timeout=CALL_TIMEOUT_S)
-    assert [after - before for after, before in zip(computed(slow_server), computed_before)] == [1, 1]
+    slow_server.run(probe.wait_idle())  # the server has given the call up
+    assert len(probe.timeouts) == 1  # it was queued
+    assert computed(slow_server) == computed_before
     assert dropped(slow_server) - dropped_before == 1
+    full = slow_server.stub.Encode(encode_request(2, SLOW_QUEUE), timeout=CALL_TIMEOUT_S)
+    assert len(full.embeddings) == SLOW_QUEUE
+    assert [after - before for after, before in zip(computed(slow_server), computed_before)] == [SLOW_QUEUE] * 2
 
 
 def test_a_full_queue_fails_fast_with_resource_exhausted(slow_server: RunningServer) -> None:
-    """5 + 4 sketches do not fit a queue of 8: whichever call comes second is refused at once."""
+    """5 + 4 sketches do not fit a queue of 8: whichever call comes second is refused at once,
+    while the first waits for a full batch, which a third call then completes."""
     sizes = (5, 4)
+    done: queue.Queue = queue.Queue()
     futures = [
         slow_server.stub.Encode.future(encode_request(3 + i, n), timeout=CALL_TIMEOUT_S) for i, n in enumerate(sizes)
     ]
-    served, refused = [], []
     for size, future in zip(sizes, futures):
-        try:
-            assert len(future.result().embeddings) == size
-            served.append(size)
-        except grpc.RpcError as err:
-            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert re.match(r"server busy: the \w+ queue holds", err.details())
-            refused.append(size)
-    assert len(served) == 1 and len(refused) == 1
+        future.add_done_callback(lambda f, size=size: done.put((size, f)))
+    refused_size, refused = done.get(timeout=CALL_TIMEOUT_S)
+    with pytest.raises(grpc.RpcError) as caught:
+        refused.result()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert re.match(r"server busy: the \w+ queue holds", caught.value.details())
+    served_size = sum(sizes) - refused_size
+    filler = slow_server.stub.Encode(encode_request(5, SLOW_QUEUE - served_size), timeout=CALL_TIMEOUT_S)
+    assert len(filler.embeddings) == SLOW_QUEUE - served_size
+    served_size_again, served = done.get(timeout=CALL_TIMEOUT_S)
+    assert served_size_again == served_size and len(served.result().embeddings) == served_size
 
 
 def startup_errors(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -40,6 +40,7 @@ from typing import Generic, Protocol, TypeVar
 
 P = TypeVar("P")
 R = TypeVar("R")
+V = TypeVar("V")
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,12 @@ class Batcher(Generic[P, R]):
         max_delay_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` (seconds) dates items, deadlines and the flush delay; a test may pass its own.
+
+        The worker waits in real time, re-reading ``clock`` at least every ``max_delay_s``.
+        """
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError(
                 f"batcher {name}: need max_batch_size >= 1, max_queue >= 1, max_delay_s >= 0; "
@@ -147,6 +153,7 @@ class Batcher(Generic[P, R]):
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._observer = observer
+        self._clock = clock
         self._cond = threading.Condition()
         self._queue: list[_Queued[P]] = []
         self._seq = itertools.count()
@@ -173,7 +180,7 @@ class Batcher(Generic[P, R]):
             return []
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
-        now = time.monotonic()
+        now = self._clock()
         deadline = None if timeout is None else now + timeout
         request: _Request = _Request(loop, future, [None] * len(items), deadline, len(items))
         with self._cond:
@@ -222,7 +229,7 @@ class Batcher(Generic[P, R]):
         """Block until a batch is due by the flush rule; None once closed and empty."""
         with self._cond:
             while True:
-                pruned = self._prune_locked(time.monotonic())
+                pruned = self._prune_locked(self._clock())
                 self._report_pruned(pruned)
                 if not self._queue:
                     if self._closed:
@@ -231,7 +238,7 @@ class Batcher(Generic[P, R]):
                     continue
                 oldest = self._queue[0]
                 full = len(self._peers_locked(oldest, self.max_batch_size)) >= self.max_batch_size
-                wait_s = oldest.enqueued + self.max_delay_s - time.monotonic()
+                wait_s = oldest.enqueued + self.max_delay_s - self._clock()
                 if full or wait_s <= 0 or self._closed:
                     return self._take_locked(oldest)
                 self._cond.wait(timeout=wait_s)
@@ -320,7 +327,7 @@ class Batcher(Generic[P, R]):
         self._call_soon(request, _set_exception, exc)
 
     @staticmethod
-    def _call_soon(request: _Request, fn: Callable[[asyncio.Future, object], None], value: object) -> None:
+    def _call_soon(request: _Request, fn: Callable[[asyncio.Future, V], None], value: V) -> None:
         try:
             request.loop.call_soon_threadsafe(fn, request.future, value)
         except RuntimeError:

@@ -8,6 +8,7 @@ sketch index and field, e.g. ``sketches[3].strokes[1].y: has 4 values but x has 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -294,21 +295,31 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
     async def EncodeStream(
         self, request_iterator: AsyncIterator[sketch_pb2.EncodeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[sketch_pb2.EncodeResponse]:
-        """Up to ``stream_window`` requests are encoded at once; responses leave in request order."""
+        """At most ``stream_window`` requests read and not yet answered; responses leave in request order.
+
+        A request is read only once a window slot is free, and a slot frees only once its
+        response is handed to gRPC: a client that reads slowly makes gRPC's writes wait, so
+        the server stops reading, and HTTP/2 flow control slows the sender.
+        """
         state = self._ready()
-        pending: asyncio.Queue[asyncio.Task | BaseException | None] = asyncio.Queue(maxsize=state.stream_window)
+        slots = asyncio.Semaphore(state.stream_window)
+        pending: asyncio.Queue[asyncio.Task | BaseException | None] = asyncio.Queue()
 
         async def feed() -> None:
+            requests = aiter(request_iterator)
             try:
-                index = 0
-                async for request in request_iterator:
-                    task = asyncio.ensure_future(self._encode(state, request, context, prefix=f"requests[{index}]."))
-                    await pending.put(task)
-                    index += 1
+                for index in itertools.count():
+                    await slots.acquire()
+                    try:
+                        request = await anext(requests)
+                    except StopAsyncIteration:
+                        break
+                    prefix = f"requests[{index}]."
+                    pending.put_nowait(asyncio.ensure_future(self._encode(state, request, context, prefix)))
             except Exception as exc:  # noqa: BLE001 - handed to the writer, which raises it in order
-                await pending.put(exc)
+                pending.put_nowait(exc)
                 return
-            await pending.put(None)
+            pending.put_nowait(None)
 
         feeder = asyncio.ensure_future(feed())
         try:
@@ -316,6 +327,7 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
                 if isinstance(item, BaseException):
                     raise item
                 yield await item
+                slots.release()
         finally:
             feeder.cancel()
             _discard_pending(pending)
