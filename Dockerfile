@@ -67,6 +67,7 @@ COPY training/ training/
 # check the installed copy imports (-I: not the source tree in the working directory).
 RUN python -m grpc_tools.protoc --proto_path=sketchserve/pb=proto \
         --python_out=. --grpc_python_out=. --pyi_out=. proto/sketch/v1/sketch.proto \
+        proto/inference/open_inference_grpc.proto proto/inference/repository_index.proto \
     && pip install --no-cache-dir -c constraints.txt ".[${EXTRAS}]" \
     && pip uninstall -y grpcio-tools \
     && python -I -c "from sketchserve.pb.sketch.v1 import sketch_pb2_grpc; import sketchserve.server.main"

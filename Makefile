@@ -6,8 +6,9 @@ PIP := $(BIN)/python -m pip
 MODEL ?= models/face
 PORT ?= 50051
 PB_DIR := sketchserve/pb
-PROTO := proto/sketch/v1/sketch.proto
-PB_OUT := $(PB_DIR)/sketch/v1/sketch_pb2.py
+# Our contract, and the Open Inference Protocol (vendored, proto/inference/README.md) with Triton's repository index.
+PROTOS := proto/sketch/v1/sketch.proto proto/inference/open_inference_grpc.proto proto/inference/repository_index.proto
+PB_OUT := $(patsubst proto/%.proto,$(PB_DIR)/%_pb2.py,$(PROTOS))
 # The source the linters and the type checker read: the core and the three layers (import path = file path).
 SOURCE := sketchserve client/sketchserve server/sketchserve training/sketchserve
 # The four roots of the `sketchserve` namespace package.
@@ -37,10 +38,10 @@ venv-locked:
 install: $(BIN)/.installed proto
 
 # Generated protobuf code: this one command, at build time; gitignored, never edited.
-# The path mapping makes the generated modules import as sketchserve.pb.sketch.v1.
-$(PB_OUT): $(PROTO) $(BIN)/.installed
+# The path mapping makes the generated modules import as sketchserve.pb.sketch.v1 and sketchserve.pb.inference.
+$(PB_DIR)/%_pb2.py: proto/%.proto $(BIN)/.installed
 	$(BIN)/python -m grpc_tools.protoc --proto_path=$(PB_DIR)=proto \
-		--python_out=. --grpc_python_out=. --pyi_out=. $(PROTO)
+		--python_out=. --grpc_python_out=. --pyi_out=. $<
 
 proto: $(PB_OUT)
 
@@ -74,4 +75,4 @@ figures: install
 	$(BIN)/python bench/render.py
 
 clean:
-	rm -rf $(VENV) $(PB_DIR)/sketch build *.egg-info .install.lock
+	rm -rf $(VENV) $(PB_DIR)/sketch $(PB_DIR)/inference build *.egg-info .install.lock

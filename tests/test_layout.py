@@ -21,13 +21,14 @@ PORTIONS = {
     "training": REPO / "training" / "sketchserve" / "training",
 }
 ROOTS = [REPO, REPO / "client", REPO / "server", REPO / "training"]
-GENERATED = REPO / "sketchserve" / "pb" / "sketch"
+# Generated protobuf code (make proto): our contract's and the Open Inference Protocol's.
+GENERATED = (REPO / "sketchserve" / "pb" / "sketch", REPO / "sketchserve" / "pb" / "inference")
 COMPOSITION_ROOT = "sketchserve.cli"
 
 
 def _modules() -> list[Path]:
     files = [p for folder in PORTIONS.values() for p in folder.rglob("*.py")]
-    return sorted(p for p in files if GENERATED not in p.parents and "__pycache__" not in p.parts)
+    return sorted(p for p in files if not any(g in p.parents for g in GENERATED) and "__pycache__" not in p.parts)
 
 
 def _dotted(path: Path) -> str:

@@ -1,6 +1,7 @@
 """The one place where exceptions become gRPC status codes.
 
-:class:`StatusInterceptor` wraps every SketchService method: whatever a handler
+:class:`StatusInterceptor` wraps every method of SketchService and of the Open
+Inference Protocol's ``inference.GRPCInferenceService``: whatever a handler
 raises ends the call with a status (never a hung call), and every call's
 method, final code and latency go to one callback (the metrics).
 
@@ -8,6 +9,7 @@ method, final code and latency go to one callback (the metrics).
 |---|---|
 | InvalidRequest, InvalidDrawingError, SketchTooLong | INVALID_ARGUMENT (message names sketch index and field) |
 | QueueFull | RESOURCE_EXHAUSTED |
+| UnknownModel (an Open Inference Protocol model or version not served) | NOT_FOUND |
 | FailedPrecondition (e.g. no clusters) | FAILED_PRECONDITION |
 | DeadlineDropped | DEADLINE_EXCEEDED |
 | NotReady, BatcherClosed | UNAVAILABLE |
@@ -35,7 +37,8 @@ from sketchserve.strokes import InvalidDrawingError
 
 log = logging.getLogger(__name__)
 
-SERVICE_PREFIX = "/sketch.v1.SketchService/"
+# The services whose calls the interceptor maps and reports: ours and the Open Inference Protocol's.
+SERVICE_PREFIXES = ("/sketch.v1.SketchService/", "/inference.GRPCInferenceService/")
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 
 OnCallDone = Callable[[str, str, float], None]
@@ -48,6 +51,10 @@ class InvalidRequest(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class UnknownModel(LookupError):
+    """No model (or no version of it) by that name is served here."""
 
 
 class FailedPrecondition(Exception):
@@ -70,6 +77,7 @@ _MAPPING: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidDrawingError, grpc.StatusCode.INVALID_ARGUMENT),
     (SketchTooLong, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnknownModel, grpc.StatusCode.NOT_FOUND),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineDropped, grpc.StatusCode.DEADLINE_EXCEEDED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
@@ -135,7 +143,7 @@ def _wrap_stream(
 
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):
-    """Maps every SketchService handler's exceptions to statuses and reports each call."""
+    """Maps every SketchService and GRPCInferenceService handler's exceptions to statuses; reports each call."""
 
     def __init__(self, on_done: OnCallDone) -> None:
         self._on_done = on_done
@@ -146,7 +154,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(SERVICE_PREFIX):
+        if handler is None or not handler_call_details.method.startswith(SERVICE_PREFIXES):
             return handler
         method = method_name(handler_call_details.method)
         if handler.unary_unary is not None:

@@ -28,6 +28,7 @@ from sketchserve.server.config import ConfigError, ServerConfig, config_from_arg
 from sketchserve.server.errors import StatusInterceptor
 from sketchserve.server.logs import configure_logging, fields
 from sketchserve.server.metrics import MetricsHttp, ServerMetrics
+from sketchserve.server.oip import INFERENCE_SERVICE_NAME, InferenceServicer, add_inference_service
 from sketchserve.server.service import SERVICE_NAME, ServingState, SketchServicer
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # The overall server's health entry, by the grpc.health.v1 convention.
 OVERALL = ""
+# The health entries the server reports: overall, and one per served gRPC service.
+HEALTH_ENTRIES = (OVERALL, SERVICE_NAME, INFERENCE_SERVICE_NAME)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
@@ -89,6 +92,7 @@ class BuiltServer:
     health: health.aio.HealthServicer
     servicer: SketchServicer
     metrics: ServerMetrics
+    inference: InferenceServicer
     state: ServingState | None = None
     metrics_http: MetricsHttp | None = None
     stopped: bool = field(default=False)
@@ -104,7 +108,7 @@ class BuiltServer:
 
     async def listen(self) -> None:
         """Accept calls with health NOT_SERVING; SketchService calls answer UNAVAILABLE until :meth:`load`."""
-        for service in (OVERALL, SERVICE_NAME):
+        for service in HEALTH_ENTRIES:
             await self.health.set(service, NOT_SERVING)
         await self.server.start()
         if self.config.metrics_port >= 0:
@@ -116,8 +120,9 @@ class BuiltServer:
         """Verify, load and warm the model off the event loop, then report SERVING."""
         self.state = await asyncio.to_thread(_load_state, self.config, self.metrics)
         self.servicer.attach(self.state)
+        self.inference.attach(self.state)
         spec = self.state.engine.spec
-        for service in (OVERALL, SERVICE_NAME):
+        for service in HEALTH_ENTRIES:
             await self.health.set(service, SERVING)
         if self.config.port_file is not None:
             _write_port_file(self.config.port_file, self.port)
@@ -140,6 +145,7 @@ class BuiltServer:
             return
         self.stopped = True
         await self.health.enter_graceful_shutdown()
+        self.inference.drain()
         log.info("draining", extra=fields(grace_seconds=grace))
         await self.server.stop(grace)
         if self.state is not None:
@@ -173,9 +179,13 @@ def build_server(cfg: ServerConfig) -> BuiltServer:
     server = grpc.aio.server(interceptors=[StatusInterceptor(metrics.on_call)], options=server_options(cfg))
     servicer = SketchServicer()
     sketch_pb2_grpc.add_SketchServiceServicer_to_server(servicer, server)
+    inference = InferenceServicer()
+    add_inference_service(inference, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, INFERENCE_SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+    )
     address = f"{cfg.host}:{cfg.port}"
     try:
         port = server.add_insecure_port(address)
@@ -183,7 +193,7 @@ def build_server(cfg: ServerConfig) -> BuiltServer:
         raise OSError(f"cannot bind {address}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot bind {address}")
-    return BuiltServer(cfg, server, port, health_servicer, servicer, metrics)
+    return BuiltServer(cfg, server, port, health_servicer, servicer, metrics, inference)
 
 
 async def serve(cfg: ServerConfig) -> int:
