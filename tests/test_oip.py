@@ -139,7 +139,11 @@ def test_repository_index_lists_the_models(clustered_server: RunningServer) -> N
 @pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
 def test_encoder_gives_sketchservices_posteriors(clustered_server: RunningServer, raw: bool) -> None:
     sketches = random_sketches(31, 5)
-    result = infer(clustered_server, infer_request(ENCODER, points_input(sketches), raw=raw))
+    request = infer_request(ENCODER, points_input(sketches), raw=raw)
+    response = stub(clustered_server).ModelInfer(request, timeout=CALL_TIMEOUT_S)
+    assert len(response.raw_output_contents) == (2 if raw else 0)  # outputs go back the way inputs came
+    assert all(len(t.contents.fp32_contents) == (0 if raw else 5 * t.shape[1]) for t in response.outputs)
+    result = infer(clustered_server, request)
     expected = sketch_service_mu(clustered_server, sketches)
     assert result["mu"].shape == expected.shape
     np.testing.assert_allclose(result["mu"], expected, atol=TOLERANCE, rtol=0)
@@ -307,3 +311,13 @@ def test_raw_and_typed_contents_decode_to_the_same_tensor(datatype: str, values:
     assert raw.datatype == typed.datatype == datatype
     np.testing.assert_array_equal(raw.array, typed.array)
     np.testing.assert_array_equal(raw.array, array)
+
+
+def test_draining_makes_the_server_and_models_not_ready(tiny_model: Path) -> None:
+    with running_server(server_config(tiny_model)) as server:
+        inference = server.built.inference
+        assert inference.ready
+        server.run(server.built.stop(0))
+        assert not inference.ready
+        answer = server.run(inference.ServerReady(oip_pb2.ServerReadyRequest(), context=None))  # type: ignore[arg-type]
+        assert not answer.ready

@@ -17,9 +17,9 @@ checks and limits (``sketchserve.server.service``'s helpers):
 The sketch layouts (``points``, ``stroke3``, ``lengths``) are
 ``sketchserve.server.oip_tensors``'s. Float inputs may also be FP64 and
 ``lengths`` any of INT32/INT64/UINT32/UINT64; the metadata names the usual type.
-The temperature is taken at float32 precision, as SketchService's proto field
-is, so both give the same drawings for the same seed (sketch ``i`` of a request
-draws its noise from ``sketch_seed(seed, i)``).
+The decoder gives SketchService's drawings for the same latents, temperature,
+``max_points`` and seed (sketch ``i`` of a request draws its noise from
+``sketch_seed(seed, i)``).
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ async def _infer_decoder(
     finite = np.isfinite(latents).all(axis=1)
     if not finite.all():
         raise InvalidRequest(f"{LATENT}[{int(np.argmin(finite))}]", "holds NaN or infinite values")
-    temperature = check_temperature(float(np.float32(params["temperature"])))
+    temperature = check_temperature(params["temperature"])
     max_points = resolve_max_points(_non_negative(params, "max_points"), spec.max_seq_len)
     drawings = await state.engine.sample(
         latents, temperature=temperature, max_points=max_points, seed=_non_negative(params, "seed"), timeout=timeout
