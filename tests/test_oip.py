@@ -319,5 +319,5 @@ def test_draining_makes_the_server_and_models_not_ready(tiny_model: Path) -> Non
         assert inference.ready
         server.run(server.built.stop(0))
         assert not inference.ready
-        answer = server.run(inference.ServerReady(oip_pb2.ServerReadyRequest(), context=None))  # type: ignore[arg-type]
+        answer = server.run(inference.ServerReady(oip_pb2.ServerReadyRequest(), context=None))
         assert not answer.ready
