@@ -2,8 +2,10 @@
 
 Lifecycle: bind the port with health NOT_SERVING; verify the artifact's
 checksums, load it on the device and warm it up (off the event loop); attach
-it to the servicer; only then report SERVING (and write ``--port-file``). On
-SIGTERM or SIGINT: health NOT_SERVING, stop taking new calls, let accepted calls
+it to the servicers (SketchService and the Open Inference Protocol's
+``inference.GRPCInferenceService``, ``sketchserve.server.oip``); only then
+report SERVING (and write ``--port-file``). On SIGTERM or SIGINT: health
+NOT_SERVING, stop taking new calls, let accepted calls
 finish within ``--grace-seconds`` (``server.stop(grace)``), stop the batchers,
 exit 0.
 """
