@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from server_fixtures import CALL_TIMEOUT_S, RunningServer, random_sketches
+from test_readme import README, README_TARGET, python_blocks
 
 from sketchserve.pb.sketch.v1 import sketch_pb2
 from sketchserve.server.oip_tensors import drawings_to_points
@@ -136,3 +137,24 @@ def test_an_error_per_model(answers: dict[str, Any]) -> None:
     assert errors["sketch-decoder"]["status"] == "StatusCode.INVALID_ARGUMENT"
     assert "inputs['latent'].shape" in errors["sketch-decoder"]["message"]
     assert errors["unknown"]["status"] == errors["unknown_ready"]["status"] == "StatusCode.NOT_FOUND"
+
+
+def test_the_readme_tritonclient_example_gives_sketchservices_assignment(clustered_server: RunningServer) -> None:
+    """The README's tritonclient block, run as written (only the address changed), prints Assign's answer."""
+    (block,) = [b for b in python_blocks(README.read_text(encoding="utf-8")) if "tritonclient" in b]
+    done = subprocess.run(
+        [sys.executable, "-c", block.replace(README_TARGET, clustered_server.target)],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    square = sketch_pb2.Sketch(strokes=[sketch_pb2.Stroke(x=[10, 60, 60, 10, 10], y=[10, 10, 60, 60, 10])])
+    (expected,) = clustered_server.stub.Assign(
+        sketch_pb2.AssignRequest(sketches=[square], top_k=2), timeout=CALL_TIMEOUT_S
+    ).assignments
+    clusters = " ".join(str(n.cluster) for n in expected.nearest)
+    assert done.stdout.startswith(f"[[{clusters}]] [[")
+    printed = [float(v) for v in done.stdout.split("[[")[2].split("]]")[0].split()]
+    np.testing.assert_allclose(printed, [n.distance for n in expected.nearest], rtol=1e-6)
