@@ -9,6 +9,9 @@ In one run, side by side:
   calls/s, sketches/s, p50/p99 latency and the mean batch size the server
   formed (from its Prometheus metrics), for Encode and Reconstruct at each
   concurrency and sketches-per-call;
+- Encode on that server in three forms: packed, readable, and the same sketches
+  sent to the Open Inference Protocol's ``sketch-encoder`` (form ``oip``: ModelInfer
+  with raw ``points``/``lengths``, as tritonclient sends them);
 - the same server with batching off (`--max-batch-size 1`), same grid;
 - the limit: the artifact called in-process (bench/serving_inprocess.py) at the
   batch size the server formed at the highest concurrency, and at batch 1.

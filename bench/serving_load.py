@@ -29,13 +29,21 @@ import numpy as np
 
 from sketchserve.client.config import ClientConfig, channel_options
 from sketchserve.client.convert import sketch_from_pb, sketches_to_packed_pb
+from sketchserve.pb.inference import open_inference_grpc_pb2 as oip_pb2
+from sketchserve.pb.inference import open_inference_grpc_pb2_grpc as oip_pb2_grpc
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
+from sketchserve.server.oip_tensors import drawings_to_points
 
 ENCODE = "Encode"
 RECONSTRUCT = "Reconstruct"
 PACKED = "packed"  # sketch.v1.PackedSketches, and Encode's answers packed too
 READABLE = "readable"  # one Sketch message per sketch, one Stroke per stroke
-FORMS = (PACKED, READABLE)
+# Encode only: the same sketches to the Open Inference Protocol's sketch-encoder (ModelInfer, same server and
+# batchers), as `points` rows and `lengths` in raw_input_contents, the way tritonclient sends them.
+OIP = "oip"
+FORMS = (PACKED, READABLE, OIP)
+OIP_METHOD = "ModelInfer"
+OIP_MODEL = "sketch-encoder"
 DISTINCT_REQUESTS = 16  # requests cycled by the workers, so calls differ without building any under load
 CALL_GRACE_S = 5.0  # deadline slack past the window: a call is cancelled at the window's end anyway
 P50, P99 = 50, 99
@@ -54,7 +62,7 @@ class CellSpec:
     max_calls: int
     max_points: int = 0  # Reconstruct: most points per output drawing
     max_round_s: float = 30.0  # longest wait past the warm-up for the first round of completions
-    form: str = PACKED  # how requests carry their sketches: PACKED (the Python client's default) or READABLE
+    form: str = PACKED  # how requests carry their sketches: PACKED (the Python client's default), READABLE or OIP
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,9 @@ def build_requests(spec: CellSpec) -> list[object]:
     requests: list[object] = []
     for r in range(DISTINCT_REQUESTS):
         chosen = [pool[(r * spec.sketches_per_call + i) % len(pool)] for i in range(spec.sketches_per_call)]
+        if spec.form == OIP:
+            requests.append(model_infer_request(chosen))
+            continue
         if spec.form == PACKED:
             fields: dict[str, object] = {"packed": sketches_to_packed_pb([sketch_from_pb(s) for s in chosen])}
         else:
@@ -91,6 +102,16 @@ def build_requests(spec: CellSpec) -> list[object]:
         else:
             requests.append(sketch_pb2.ReconstructRequest(**fields, max_points=spec.max_points, seed=r))
     return requests
+
+
+def model_infer_request(sketches: list[sketch_pb2.Sketch]) -> oip_pb2.ModelInferRequest:
+    """sketch-encoder's request for ``sketches``: ``points`` FP32 and ``lengths`` INT64, raw contents."""
+    rows, lengths = drawings_to_points([list(sketch_from_pb(s).strokes) for s in sketches])
+    request = oip_pb2.ModelInferRequest(model_name=OIP_MODEL)
+    request.inputs.add(name="points", datatype="FP32", shape=list(rows.shape))
+    request.inputs.add(name="lengths", datatype="INT64", shape=list(lengths.shape))
+    request.raw_input_contents.extend([rows.tobytes(), lengths.tobytes()])
+    return request
 
 
 @dataclass
@@ -165,7 +186,11 @@ async def _run(spec: CellSpec) -> CellResult:
     requests = build_requests(spec)
     async with grpc.aio.insecure_channel(spec.target, options=channel_options(ClientConfig())) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=CALL_GRACE_S)
-        return await _measure(spec, getattr(sketch_pb2_grpc.SketchServiceStub(channel), spec.method), requests)
+        if spec.form == OIP:
+            call = oip_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        else:
+            call = getattr(sketch_pb2_grpc.SketchServiceStub(channel), spec.method)
+        return await _measure(spec, call, requests)
 
 
 def run_cell(spec: CellSpec) -> CellResult:

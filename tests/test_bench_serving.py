@@ -45,10 +45,12 @@ def test_quick_serving_benchmark_reports_every_cell(tiny_model: Path, tmp_path: 
     names = [c.strip() for c in header.strip("|").split("|")]
     lines = [line for line in text.splitlines() if line.startswith(("| batched |", "| unbatched |"))]
     rows = [dict(zip(names, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines]
-    # Encode on the batched server in both forms, everything else packed (the client's default):
-    # batched 2 forms x 2 x 2 Encode + 2 x 2 Reconstruct, unbatched 2 methods x 2 x 2.
-    assert len(rows) == 12 + 8
-    assert {r["form"] for r in rows if r["server"] == "batched" and r["method"] == "Encode"} == {"packed", "readable"}
+    # Encode on the batched server in three forms (packed, readable, and the Open Inference Protocol's
+    # ModelInfer), everything else packed (the client's default):
+    # batched 3 forms x 2 x 2 Encode + 2 x 2 Reconstruct, unbatched 2 methods x 2 x 2.
+    assert len(rows) == 16 + 8
+    encode_forms = {r["form"] for r in rows if r["server"] == "batched" and r["method"] == "Encode"}
+    assert encode_forms == {"packed", "readable", "oip"}
     for row in rows:
         assert float(row["sketches/s"].rstrip(" *")) > 0, row  # every cell completed calls
         assert row["errors"] == "0", row  # no failed calls
