@@ -22,6 +22,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -94,7 +95,7 @@ def build_requests(spec: CellSpec) -> list[object]:
             requests.append(model_infer_request(chosen))
             continue
         if spec.form == PACKED:
-            fields: dict[str, object] = {"packed": sketches_to_packed_pb([sketch_from_pb(s) for s in chosen])}
+            fields: dict[str, Any] = {"packed": sketches_to_packed_pb([sketch_from_pb(s) for s in chosen])}
         else:
             fields = {"sketches": chosen}
         if spec.method == ENCODE:
