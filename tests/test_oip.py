@@ -229,6 +229,8 @@ def test_ragged_layout_errors_name_the_input(clustered_server: RunningServer) ->
     request = infer_request(ENCODER, points_input(random_sketches(37, 2)))
     request.raw_input_contents[0] = request.raw_input_contents[0][:-4]
     assert_invalid(infer_error(clustered_server, request), "inputs['points']", "bytes")
+    empty = infer_error(clustered_server, infer_request(ENCODER, {"stroke3": np.zeros((0, 3), np.float32)}))
+    assert_invalid(empty, "no sketches given")
     both = {**points_input(random_sketches(37, 1)), "stroke3": np.zeros((2, 3), np.float32)}
     assert_invalid(infer_error(clustered_server, infer_request(ENCODER, both)), "exactly one of")
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from sketchserve.pb.inference import open_inference_grpc_pb2 as oip_pb2
 from sketchserve.server.errors import InvalidRequest
-from sketchserve.strokes import PEN_LIFTED_THRESHOLD, Drawing, InvalidDrawingError, drawing_from_xy, stroke3_to_drawing
+from sketchserve.strokes import PEN_LIFTED_THRESHOLD, Drawing, InvalidDrawingError, stroke3_to_drawing, validate_drawing
 
 # The datatypes served: name -> (numpy dtype, the InferTensorContents field that holds it).
 DATATYPES: dict[str, tuple[np.dtype, str]] = {
@@ -117,7 +117,7 @@ def checked_tensor(tensor: Tensor, datatypes: Sequence[str], rank: int, width: i
 def sketch_lengths(lengths: Tensor | None, rows: int, input_name: str) -> list[int]:
     """Rows per sketch from the ``lengths`` input (all rows are one sketch without it)."""
     if lengths is None:
-        return [rows]
+        return [rows] if rows else []
     counts = checked_tensor(lengths, INTEGER_TYPES, rank=1).astype(np.int64)
     for index, count in enumerate(counts.tolist()):
         if count < 1:
@@ -137,7 +137,8 @@ def points_to_drawing(rows: np.ndarray, index: int) -> Drawing:
     ends = np.flatnonzero(rows[:, 2] > PEN_LIFTED_THRESHOLD) + 1
     strokes = [s for s in np.split(rows[:, :2].astype(np.float64), ends[ends < len(rows)]) if len(s)]
     try:
-        return drawing_from_xy([(s[:, 0].tolist(), s[:, 1].tolist()) for s in strokes])
+        validate_drawing(strokes)
+        return strokes
     except InvalidDrawingError as err:
         raise InvalidRequest(f"points: sketches[{index}].{err.field}", err.message) from None
 
