@@ -12,6 +12,8 @@ import importlib
 import sys
 from dataclasses import dataclass
 
+EXIT_USAGE = 2  # a command line that cannot run (argparse's code)
+
 
 @dataclass(frozen=True)
 class Subcommand:
@@ -50,14 +52,17 @@ def _usage(table: dict[str, Subcommand]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     table = _subcommands()
-    if not args or args[0] in {"-h", "--help", "help"}:
+    if not args:  # a command is required: usage on stderr, exit 2 (as argparse does)
+        sys.stderr.write(_usage(table) + "\n")
+        return EXIT_USAGE
+    if args[0] in {"-h", "--help", "help"}:
         sys.stdout.write(_usage(table) + "\n")
         return 0
     name, rest = args[0], args[1:]
     sub = table.get(name)
     if sub is None:
         sys.stderr.write(f"sketchserve: unknown command {name!r}\n\n{_usage(table)}\n")
-        return 2
+        return EXIT_USAGE
     module_name, func_name = sub.target.split(":")
     module = importlib.import_module(module_name)
     return int(getattr(module, func_name)(rest) or 0)

@@ -205,7 +205,8 @@ def test_from_cluster_filter_keeps_exactly_the_members_of_cluster_k(
 ) -> None:
     from sketchserve.data import iter_drawings
     from sketchserve.training.config import ConfigError
-    from sketchserve.training.from_cluster import ClusterFilter, artifact_weights, parse_cluster_ref
+    from sketchserve.training.from_cluster import ClusterFilter, parse_cluster_ref
+    from sketchserve.training.init_from import artifact_weights
 
     model = _fresh_copy(tiny_model, tmp_path)
     faces = data_dir / "sketchrnn" / "face.npz"
@@ -227,7 +228,7 @@ def test_train_from_cluster_fine_tunes_then_samples_new_members(
     tiny_model: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from sketchserve.training.cli import export_main, sample_main, train_main
-    from sketchserve.training.from_cluster import artifact_weights
+    from sketchserve.training.init_from import artifact_weights
     from sketchserve.training.model import SketchRNN
 
     model = _fresh_copy(tiny_model, tmp_path)

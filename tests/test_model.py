@@ -15,18 +15,14 @@ from torch import nn
 from sketchserve.data import iter_drawings
 from sketchserve.strokes import CANONICAL_SIZE, drawing_to_stroke3, pad_stroke5, stroke3_to_drawing
 from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
-from sketchserve.training.dataset import Batch, sample_views
 from sketchserve.training.export import script_module
 from sketchserve.training.model import (
     REMAINING_SCALE,
     Decoder,
     Encoder,
-    MixturePrior,
     SketchRNN,
     at_step,
     canonical_positions,
-    contrastive_loss,
-    invariance_loss,
     normalize,
     oriented_strokes,
     remaining_inputs,
@@ -181,107 +177,6 @@ def test_position_input_is_the_canonical_frame_and_ignores_padding() -> None:
     assert_encoder_ignores_padding_and_scripts(ModelConfig(**{**TINY.__dict__, "encoder_input": "offsets+positions"}))
     with pytest.raises(ConfigError, match="encoder_input must be one of"):
         ModelConfig(encoder_input="pixels").validate()
-
-
-def test_input_dropout_acts_only_in_training() -> None:
-    cfg = ModelConfig(**{**TINY.__dict__, "input_dropout": 0.5}).validate()
-    model = SketchRNN(cfg)
-    model.set_scale(20.0)
-    x, lengths, z = random_stroke5(3, 10), torch.tensor([10, 4, 7]), torch.randn(3, TINY.latent_size)
-    model.train()
-    assert not torch.equal(
-        model.decoder.teacher_losses(z, x, lengths).offset, model.decoder.teacher_losses(z, x, lengths).offset
-    )
-    model.eval()
-    plain = SketchRNN(TINY)
-    plain.load_state_dict(model.state_dict())
-    plain.eval()
-    assert torch.equal(
-        model.decoder.teacher_losses(z, x, lengths).offset, plain.decoder.teacher_losses(z, x, lengths).offset
-    )
-    with pytest.raises(ConfigError, match="input_dropout must be in"):
-        ModelConfig(input_dropout=1.0).validate()
-
-
-def test_mixture_prior_kl_estimate_matches_the_closed_form_for_one_standard_component() -> None:
-    prior = MixturePrior(1, 5)
-    with torch.no_grad():
-        prior.means.zero_()
-        prior.log_var.zero_()
-    with torch.no_grad():
-        mu, presig = torch.randn(20000, 5), torch.randn(20000, 5) * 0.3
-    z = mu + torch.exp(presig / 2.0) * torch.randn_like(mu)
-    exact = -0.5 * torch.mean(1.0 + presig - mu * mu - torch.exp(presig))
-    assert abs(prior.kl_estimate(z, mu, presig).item() - exact.item()) < 0.02
-    cfg = ModelConfig(**{**TINY.__dict__, "prior_components": 3}).validate()
-    model = SketchRNN(cfg)
-    model.set_scale(20.0)
-    terms = model(random_stroke5(2, 10), torch.tensor([10, 6]), torch.randn(2, TINY.latent_size))
-    terms.kl.backward()
-    assert model.prior is not None and model.prior.means.grad is not None
-    with pytest.raises(ConfigError, match="prior_components must be >= 0"):
-        ModelConfig(prior_components=-1).validate()
-
-
-def test_contrastive_loss_rewards_matching_views_and_is_log_b_for_uninformative_codes() -> None:
-    a = torch.randn(16, 6)
-    assert contrastive_loss(a, a, 0.1).item() < 0.5
-    assert contrastive_loss(a, torch.randn(16, 6), 0.1).item() > 1.0
-    same = torch.ones(16, 6)
-    assert math.isclose(contrastive_loss(same, same, 0.1).item(), math.log(16), rel_tol=1e-5)
-    assert math.isclose(
-        contrastive_loss(a, a.flip(0), 0.5).item(), contrastive_loss(a.flip(0), a, 0.5).item(), rel_tol=1e-5
-    )
-
-
-def test_invariance_loss_is_scale_free_zero_for_equal_views_and_about_two_for_unrelated_ones() -> None:
-    a = torch.randn(4000, 6)
-    assert invariance_loss(a, a).item() == 0.0
-    assert math.isclose(invariance_loss(a, torch.randn(4000, 6)).item(), 2.0, rel_tol=0.1)
-    b = a + 0.1 * torch.randn(4000, 6)
-    assert math.isclose(invariance_loss(10.0 * a, 10.0 * b).item(), invariance_loss(a, b).item(), rel_tol=1e-4)
-    assert invariance_loss(torch.ones(3, 2), torch.ones(3, 2)).item() == 0.0  # no spread: no division by zero
-
-
-def test_a_second_view_adds_a_contrastive_term_with_encoder_gradients_only_there() -> None:
-    model = SketchRNN(TINY)
-    model.set_scale(20.0)
-    x, lengths, eps = random_stroke5(4, 10), torch.tensor([10, 4, 7, 9]), torch.zeros(4, TINY.latent_size)
-    plain = model(x, lengths, eps)
-    assert plain.contrastive.item() == 0.0
-    view = Batch(random_stroke5(4, 8), torch.tensor([8, 3, 6, 8]))
-    terms = model(x, lengths, eps, view, 0.1)
-    assert torch.equal(terms.recon, plain.recon) and terms.contrastive.item() > 0.0
-    assert plain.invariance.item() == 0.0 and terms.invariance.item() > 0.0
-    terms.contrastive.backward()
-    assert model.encoder.forward_lstm.weight_ih_l0.grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.decoder.parameters())
-
-
-def test_contrastive_views_are_distinct_sketches_augmented_twice() -> None:
-    sketches = [np.array([[i + 1.0, 2.0, 0.0], [3.0, 4.0, 0.0], [5.0, -1.0, 0.0], [2.0, 2.0, 1.0]]) for i in range(10)]
-    still = TrainConfig(
-        contrastive_weight=1.0,
-        random_scale_factor=0.0,
-        augment_stroke_prob=0.0,
-        view_scale_factor=0.0,
-        view_drop_prob=0.0,
-    )
-    batch, view = sample_views(sketches, 10, np.random.default_rng(0), still)
-    assert view is not None and torch.equal(batch.x, view.x)
-    assert sorted(batch.x[:, 0, 0].tolist()) == [float(i + 1) for i in range(10)]  # no sketch twice
-    batch, view = sample_views(sketches, 10, np.random.default_rng(0), TrainConfig(contrastive_weight=1.0))
-    assert view is not None and not torch.equal(batch.x, view.x)
-    assert sample_views(sketches, 4, np.random.default_rng(0), TrainConfig()).view is None
-    assert sample_views(sketches, 4, np.random.default_rng(0), TrainConfig(invariance_weight=0.5)).view is not None
-    for field, value, rule in (
-        ("contrastive_weight", -1.0, ">= 0"),
-        ("invariance_weight", -0.1, ">= 0"),
-        ("contrastive_temperature", 0.0, "> 0"),
-        ("view_drop_prob", 1.0, "in \\[0, 1\\)"),
-    ):
-        with pytest.raises(ConfigError, match=f"{field} must be {rule}"):
-            TrainConfig(**{field: value}).validate()
 
 
 def test_mean_pooled_encoder_ignores_padding_and_scripts() -> None:

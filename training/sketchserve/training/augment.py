@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sketchserve.strokes import PEN_LIFTED_THRESHOLD, check_stroke3, drawing_to_stroke3, stroke3_to_drawing
+from sketchserve.strokes import PEN_LIFTED_THRESHOLD, check_stroke3
 
 
 def augment_stroke3(
@@ -31,13 +31,3 @@ def augment_stroke3(
     result[:, :2] = np.diff(positions, axis=0, prepend=np.zeros((1, 2))) * scales
     result[:, 2] = array[~drop, 2]
     return result
-
-
-def drop_strokes(s3: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
-    """A stroke-3 drawing without some of its strokes: each is dropped with probability ``prob`` and at
-    least one always stays. The kept strokes keep their shapes and their places relative to each other."""
-    drawing = stroke3_to_drawing(s3)
-    keep = rng.random(len(drawing)) >= prob
-    if not keep.any():
-        keep[rng.integers(len(drawing))] = True
-    return drawing_to_stroke3([stroke for stroke, kept in zip(drawing, keep) if kept])

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from sketchserve.artifact import ArtifactError
 from sketchserve.data import DataFormatError
 from sketchserve.training.checkpoint import CheckpointError
-from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
+from sketchserve.training.config import CHOICES, ConfigError, ModelConfig, TrainConfig, field_reasons
 from sketchserve.training.dataset import DataError, RecordFilter
 
 USER_ERRORS = (ArtifactError, CheckpointError, ConfigError, DataError, DataFormatError, FileNotFoundError)
@@ -29,11 +29,21 @@ def _flag(name: str) -> str:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One flag per config field; its help is the field's reason comment, its default the config's
+    (flags left out keep the base config's value: the defaults, --init-from's or the checkpoint's)."""
     group = parser.add_argument_group(title)
     defaults = cls()
+    reasons = field_reasons(cls)
     for f in fields(cls):
         value = getattr(defaults, f.name)
-        group.add_argument(_flag(f.name), type=type(value), default=None, help=f"default {value!r}")
+        reason = reasons.get(f.name, "").replace("%", "%%")  # argparse formats help with %
+        group.add_argument(
+            _flag(f.name),
+            type=type(value),
+            default=None,
+            choices=CHOICES.get(f.name),
+            help=f"{reason} (default {value!r})",
+        )
 
 
 def _config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> Any:
@@ -58,10 +68,17 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--categories", nargs="+", default=[], metavar="WORD", help="only these categories")
     parser.add_argument("--out", type=Path, default=Path("runs/default"), help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its checkpoints, metrics and plot are deleted)",
+    )
     parser.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
     parser.add_argument("--dry-run", action="store_true", help="load data, time a few steps, write nothing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available, else cpu"
+    )
     parser.add_argument(
         "--from-cluster", metavar="MODEL_DIR:K", default=None, help="only the drawings MODEL_DIR puts in its cluster K"
     )
@@ -71,8 +88,8 @@ def train_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="MODEL_DIR",
-        help="start from this artifact's weights and config (flags override); with --prior-components K on a "
-        "model that has no prior, the prior starts from k-means on the training codes (VaDE)",
+        help="start from this artifact's weights and config (model flags override the config, but not "
+        "the weights' shapes)",
     )
     _add_config_flags(parser, ModelConfig, "model")
     _add_config_flags(parser, TrainConfig, "training")
@@ -106,7 +123,8 @@ def train_main(argv: list[str]) -> int:
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
-    from sketchserve.training.from_cluster import artifact_model_config, fine_tune_source
+    from sketchserve.training.from_cluster import fine_tune_source
+    from sketchserve.training.init_from import artifact_model_config
     from sketchserve.training.train import RunSpec, train
 
     if not args.data and not args.resume:
@@ -115,6 +133,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ConfigError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    if args.resume and args.overwrite:
+        raise ConfigError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     if args.init_from is not None and args.fine_tune:
         raise ConfigError("give --fine-tune (start from the --from-cluster model) or --init-from MODEL_DIR, not both")
     record_filter, description = record_filter_from_args(args)
@@ -126,6 +146,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         model=_config_from_args(ModelConfig, args, artifact_model_config(init_from) if init_from else None),
         train=_config_from_args(TrainConfig, args),
         resume=args.resume,
+        overwrite=args.overwrite,
         max_minutes=args.max_minutes,
         dry_run=args.dry_run,
         threads=args.threads,
@@ -167,7 +188,7 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     _setup_logging()
     try:
-        from sketchserve.training.exporting import export_run
+        from sketchserve.training.export import export_run
 
         out = export_run(
             args.run_dir,
@@ -188,10 +209,17 @@ def sample_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sketchserve sample", description="Draw new sketches from an artifact.")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--n", type=int, default=16, help="sketches to draw (per --around sketch)")
-    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.5,
+        help="randomness of the decoder's draws: 0 is greedy, 1 the model's own distribution (default %(default)s)",
+    )
     parser.add_argument("--around", type=Path, default=None, help="draw around the sketches of this file")
     parser.add_argument("--limit", type=int, default=8, help="at most this many --around sketches")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the prior draws and the decoder's noise (default %(default)s)"
+    )
     parser.add_argument("--out", type=Path, default=Path("samples"), help="writes OUT.ndjson and OUT.png")
     args = parser.parse_args(argv)
     _setup_logging()

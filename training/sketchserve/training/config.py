@@ -7,15 +7,27 @@ less; each such departure says why.
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+FIELD_LINE = re.compile(r"(\w+)\s*:")
 
 CELL_TYPES = ("lstm", "layer_norm")
 ENCODER_INPUTS = ("offsets", "offsets+positions")
 ENCODER_POOLS = ("last", "last+mean")
 DECODER_CONDITIONS = ("latent", "latent+length")
 ENCODER_STROKES = ("drawn", "oriented")
+# The fields that take one of a fixed set of values (checked by validate, offered as `choices` by the CLI).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "cell": CELL_TYPES,
+    "encoder_input": ENCODER_INPUTS,
+    "encoder_strokes": ENCODER_STROKES,
+    "encoder_pool": ENCODER_POOLS,
+    "decoder_condition": DECODER_CONDITIONS,
+}
 
 
 class ConfigError(ValueError):
@@ -27,7 +39,7 @@ def _require(cfg: Any, names: tuple[str, ...], ok: Callable[[Any], bool], rule: 
     for name in names:
         value = getattr(cfg, name)
         if not ok(value):
-            raise ConfigError(f"{name} must be {rule}, got {value}")
+            raise ConfigError(f"{name} must be {rule}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -61,14 +73,6 @@ class ModelConfig:
     # code head each direction's mean state over the sketch, a summary of the whole drawing that depends less
     # on how it ends; an option measured in docs/benchmarks.md ("Clustering").
     encoder_pool: str = "last"
-    # Not in the paper: Bowman et al. 2016's word dropout for the decoder. In training, each teacher-forced
-    # input point is zeroed with this probability, so the decoder must lean on z for the drawing's overall
-    # shape; 0 (off) keeps the paper's model. An option measured in docs/benchmarks.md ("Clustering").
-    input_dropout: float = 0.0
-    # Paper: the prior is N(0, I) (0 here). K > 0 makes it a learned mixture of K diagonal Gaussians
-    # (a VaDE-style prior; its KL term is estimated from the same z sample), so codes gather around
-    # K centres that k-means can find. An option measured in docs/benchmarks.md ("Clustering").
-    prior_components: int = 0
     # Paper: the decoder is conditioned on z alone ("latent"). "latent+length" also tells it, at every step,
     # how many points remain (known whenever a drawing is reconstructed; chosen, or the training median,
     # when one is sampled), so z need not spend its main directions on drawing length, which dominated the
@@ -79,22 +83,9 @@ class ModelConfig:
         _require(
             self, ("enc_hidden", "dec_hidden", "latent_size", "num_mixtures", "max_seq_len"), lambda v: v >= 1, ">= 1"
         )
-        if self.cell not in CELL_TYPES:
-            raise ConfigError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
-        _require(self, ("prior_components",), lambda v: v >= 0, ">= 0")
-        if self.encoder_pool not in ENCODER_POOLS:
-            raise ConfigError(f"encoder_pool must be one of {', '.join(ENCODER_POOLS)}, got {self.encoder_pool!r}")
-        if self.encoder_input not in ENCODER_INPUTS:
-            raise ConfigError(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
-        if self.encoder_strokes not in ENCODER_STROKES:
-            raise ConfigError(
-                f"encoder_strokes must be one of {', '.join(ENCODER_STROKES)}, got {self.encoder_strokes!r}"
-            )
-        if self.decoder_condition not in DECODER_CONDITIONS:
-            raise ConfigError(
-                f"decoder_condition must be one of {', '.join(DECODER_CONDITIONS)}, got {self.decoder_condition!r}"
-            )
-        _require(self, ("recurrent_dropout", "input_dropout"), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        for name, allowed in CHOICES.items():
+            _require(self, (name,), allowed.__contains__, f"one of {', '.join(allowed)}")
+        _require(self, ("recurrent_dropout",), lambda v: 0.0 <= v < 1.0, "in [0, 1)")
         if self.recurrent_dropout > 0.0 and self.cell != "layer_norm":
             raise ConfigError("recurrent_dropout > 0 needs cell 'layer_norm' (the fused LSTM has no recurrent dropout)")
         return self
@@ -126,36 +117,16 @@ class TrainConfig:
     augment_stroke_prob: float = 0.1
     # Training stops after this many steps (or --max-minutes, whichever first).
     max_steps: int = 10_000
-    # Validation every 500 steps: ~1 % of a CPU run's time at 150 validation sketches.
+    # Evaluate the validation and test splits every 500 steps (~1 % of a CPU run's time at 150 validation
+    # sketches), logging them and keeping the best model by validation loss in best.pt (what export takes).
     eval_every: int = 500
-    # Checkpoint as often as validation, so --resume loses at most one interval.
+    # Write ckpt.pt (what --resume continues from) every 500 steps, so a crash loses at most that many;
+    # a stop (end, signal, --max-minutes) always writes one.
     checkpoint_every: int = 500
     # Metrics/progress every 20 steps: cheap, and enough points for a loss curve.
     log_every: int = 20
     # Fixed seed: repeatable runs on CPU.
     seed: int = 0
-    # Not in the paper (0: off). SimCLR's NT-Xent (Chen et al. 2020) between the codes of two augmentations
-    # of each sketch, added to the loss with this weight: mu must then ignore what the augmentation changes
-    # (point count, proportions) and keep what tells sketches apart. Costs a second encoder pass per step.
-    # An option measured in docs/benchmarks.md ("Clustering").
-    contrastive_weight: float = 0.0
-    # Not in the paper (0: off). The same two views' ``mu`` pulled together, relative to the batch's spread
-    # (``model.invariance_loss``): mu must ignore what the augmentation changes, with no pressure to spread the
-    # codes evenly (SimCLR's, which removed the clusters). An option measured in docs/benchmarks.md ("Clustering").
-    invariance_weight: float = 0.0
-    # SimCLR's temperature; 0.1 is in the range its ablations found best.
-    contrastive_temperature: float = 0.1
-    # The second view's augmentation: twice the paper's scaling, three times its point dropping, and whole
-    # strokes dropped (an eye, an antenna), so the two views of a sketch differ in length, proportions and
-    # parts; with the paper's mild augmentation alone, telling views apart was solved in 50 steps.
-    view_scale_factor: float = 0.3
-    view_drop_prob: float = 0.3
-    view_stroke_drop: float = 0.2
-
-    @property
-    def uses_views(self) -> bool:
-        """Whether each step needs a second augmented view of its sketches."""
-        return self.contrastive_weight > 0 or self.invariance_weight > 0
 
     def validate(self) -> TrainConfig:
         _require(
@@ -168,12 +139,10 @@ class TrainConfig:
             raise ConfigError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
         _require(
             self,
-            ("random_scale_factor", "augment_stroke_prob", "view_scale_factor", "view_drop_prob", "view_stroke_drop"),
+            ("random_scale_factor", "augment_stroke_prob"),
             lambda v: 0.0 <= v < 1.0,
             "in [0, 1)",
         )
-        _require(self, ("contrastive_weight", "invariance_weight"), lambda v: v >= 0, ">= 0")
-        _require(self, ("contrastive_temperature",), lambda v: v > 0, "> 0")
         return self
 
 
@@ -189,3 +158,21 @@ def hparams(model_cfg: ModelConfig, train_cfg: TrainConfig | None = None) -> dic
     if train_cfg is not None:
         out.update(asdict(train_cfg))
     return out
+
+
+def field_reasons(cls: type) -> dict[str, str]:
+    """Each field's reason comment (the ``#`` lines right above it in this file), as one line: the
+    comments stay the one place a default is explained, and ``--help`` shows them."""
+    names = {f.name for f in fields(cls)}
+    reasons: dict[str, str] = {}
+    comment: list[str] = []
+    for line in inspect.getsourcelines(cls)[0]:
+        text = line.strip()
+        if text.startswith("#"):
+            comment.append(text.lstrip("#").strip())
+            continue
+        match = FIELD_LINE.match(text)
+        if match and match.group(1) in names and comment:
+            reasons[match.group(1)] = " ".join(comment)
+        comment = []
+    return reasons

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,8 +13,7 @@ import torch
 from sketchserve.artifact import sha256_file
 from sketchserve.data import SPLITS, DrawingRecord, expand_paths, iter_drawings
 from sketchserve.strokes import pad_stroke5
-from sketchserve.training.augment import augment_stroke3, drop_strokes
-from sketchserve.training.config import TrainConfig
+from sketchserve.training.augment import augment_stroke3
 
 # Hook for training on a subset (e.g. one cluster of a model: `--from-cluster`): records in, records out.
 RecordFilter = Callable[[list[DrawingRecord]], list[DrawingRecord]]
@@ -120,29 +119,6 @@ def sample_batch(
     """A random training batch with the paper's augmentation (x/y scaling, point dropping)."""
     picks = rng.integers(0, len(sketches), size=batch_size)
     return make_batch([augment_stroke3(sketches[i], rng, scale, drop_prob) for i in picks])
-
-
-class Views(NamedTuple):
-    """A training batch and a second view of the same sketches (``None`` unless contrastive)."""
-
-    batch: Batch
-    view: Batch | None
-
-
-def sample_views(sketches: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, cfg: TrainConfig) -> Views:
-    """``sample_batch`` unless ``cfg.uses_views``; else distinct sketches (a repeat would be a
-    false negative), augmented as the paper does and, independently, by the view augmentation."""
-    if not cfg.uses_views:
-        return Views(sample_batch(sketches, batch_size, rng, cfg.random_scale_factor, cfg.augment_stroke_prob), None)
-    picks = rng.choice(len(sketches), size=batch_size, replace=batch_size > len(sketches))
-    first = [augment_stroke3(sketches[i], rng, cfg.random_scale_factor, cfg.augment_stroke_prob) for i in picks]
-    second = [
-        augment_stroke3(
-            drop_strokes(sketches[i], rng, cfg.view_stroke_drop), rng, cfg.view_scale_factor, cfg.view_drop_prob
-        )
-        for i in picks
-    ]
-    return Views(make_batch(first), make_batch(second))
 
 
 def fixed_batches(sketches: Sequence[np.ndarray], batch_size: int) -> list[Batch]:

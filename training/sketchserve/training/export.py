@@ -1,5 +1,6 @@
-"""Export a trained ``SketchRNN`` as the model artifact (docs/contracts.md).
+"""Export a trained ``SketchRNN`` as the model artifact (docs/contracts.md): ``sketchserve export``.
 
+``export_run`` turns a run's checkpoint into an artifact with its provenance and metrics;
 ``export_artifact`` is the one place that scripts and saves the modules;
 ``make_random_artifact`` builds a tiny random-weight artifact for tests.
 """
@@ -18,7 +19,8 @@ from typing import Any
 import torch
 
 from sketchserve.artifact import DECODER_FILE, DOC_SUFFIX, ENCODER_FILE, ArtifactError, write_manifest
-from sketchserve.training.config import ModelConfig, TrainConfig, hparams
+from sketchserve.training.checkpoint import BEST, CHECKPOINT, load_checkpoint
+from sketchserve.training.config import ModelConfig, TrainConfig, config_from_dict, hparams
 from sketchserve.training.model import SketchRNN
 
 TINY_CONFIG = ModelConfig(enc_hidden=16, dec_hidden=32, latent_size=8, num_mixtures=3, max_seq_len=64)
@@ -53,22 +55,9 @@ def base_manifest(model: SketchRNN, cfg: ModelConfig, train_cfg: TrainConfig | N
         "max_seq_len": cfg.max_seq_len,
         "scale_factor": model.scale_factor,
         "hparams": hparams(cfg, train_cfg),
-        "prior": prior_description(model),
         "data": {},
         "metrics": {},
         "training": {},
-    }
-
-
-def prior_description(model: SketchRNN) -> dict[str, Any]:
-    """The latent prior, for whoever samples from it: the paper's standard normal, or the learned mixture."""
-    if model.prior is None:
-        return {"kind": "standard_normal"}
-    return {
-        "kind": "gaussian_mixture",
-        "weights": torch.softmax(model.prior.logits.detach(), dim=0).tolist(),
-        "means": model.prior.means.detach().tolist(),
-        "log_var": model.prior.log_var.detach().tolist(),
     }
 
 
@@ -119,6 +108,66 @@ def export_artifact(
     manifest = base_manifest(cpu_model, cfg, train_cfg)
     manifest.update(manifest_extra or {})
     write_manifest(out, manifest)
+    return out
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> SketchRNN:
+    """The trained model (eval mode, CPU) a checkpoint describes."""
+    cfg = config_from_dict(ModelConfig, ckpt["model_config"])
+    model = SketchRNN(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def manifest_from_checkpoint(
+    ckpt: dict[str, Any], last: dict[str, Any], name: str, version: str, selected_by: str = "lowest validation loss"
+) -> dict[str, Any]:
+    metrics = ckpt.get("metrics", {})
+    spec = ckpt.get("spec", {})
+    return {
+        "name": name,
+        "version": version,
+        "data": ckpt.get("data", {}),
+        "metrics": {"valid": metrics.get("valid", {}), "test": metrics.get("test", {})},
+        "training": {
+            "steps": ckpt["step"],
+            "wall_seconds": round(float(ckpt.get("wall_seconds", 0.0)), 1),
+            "command": spec.get("command", ""),
+            "run_steps": last["step"],
+            "run_wall_seconds": round(float(last.get("wall_seconds", 0.0)), 1),
+            "selected_by": selected_by,
+        },
+    }
+
+
+def export_run(
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    name: str,
+    label: str | None = None,
+    which: str = "best",
+    force: bool = False,
+    sign_key: Path | None = None,
+) -> Path:
+    """Export ``best.pt`` (or ``ckpt.pt`` for ``which="last"``) of ``run_dir`` into ``out_dir``.
+
+    The version is ``[label-]<step>-<weights hash>`` (``export_version``); ``sign_key``: an ed25519
+    private key that signs the manifest (``manifest.sig``)."""
+    last = load_checkpoint(run_dir / CHECKPOINT)
+    best = which == "best" and (run_dir / BEST).is_file()
+    ckpt = load_checkpoint(run_dir / BEST) if best else last
+    model = model_from_checkpoint(ckpt)
+    train_cfg = config_from_dict(TrainConfig, ckpt["train_config"])
+    version = export_version(int(ckpt["step"]), model, label)
+    manifest = manifest_from_checkpoint(
+        ckpt, last, name, version, "lowest validation loss" if best else "last checkpoint"
+    )
+    out = export_artifact(model, model.cfg, out_dir, manifest, train_cfg, force=force)
+    if sign_key is not None:
+        from sketchserve.signing import sign_manifest
+
+        sign_manifest(out, sign_key)
     return out
 
 

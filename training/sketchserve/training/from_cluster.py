@@ -2,8 +2,8 @@
 
 `ClusterFilter` keeps only the drawings that MODEL_DIR's encoder assigns to its
 stored cluster K (``ClusterTable.assign``: the nearest centroid of clusters.json, as
-the server's Assign); `artifact_weights` gives that model's config, weights and scale factor so
-that `--fine-tune` starts from them instead of from scratch.
+the server's Assign); `fine_tune_source` names that model as the start of `--fine-tune`
+(`sketchserve.training.init_from` reads its config and weights).
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sketchserve.artifact import ArtifactError, read_cluster_table, read_manifest
 from sketchserve.clusters import CLUSTERS_FILE
 from sketchserve.data import DrawingRecord
-from sketchserve.training.config import ConfigError, ModelConfig, config_from_dict
+from sketchserve.training.config import ConfigError
 from sketchserve.training.dataset import DataError
 
 log = logging.getLogger(__name__)
@@ -31,15 +30,6 @@ class ClusterRef:
 
     def __str__(self) -> str:
         return f"{self.model_dir}:{self.cluster}"
-
-
-@dataclass(frozen=True)
-class InitialWeights:
-    """What --fine-tune starts from: the artifact's model config, weights and offset scale."""
-
-    model: ModelConfig
-    state_dict: dict[str, Any]
-    scale: float
 
 
 def parse_cluster_ref(text: str) -> ClusterRef:
@@ -98,20 +88,3 @@ def fine_tune_source(from_cluster: str | None, fine_tune: bool) -> Path | None:
     if from_cluster is None:
         raise ConfigError("--fine-tune needs --from-cluster MODEL_DIR:K (the model to start from)")
     return parse_cluster_ref(from_cluster).model_dir
-
-
-def artifact_model_config(model_dir: Path) -> ModelConfig:
-    """The ModelConfig an artifact was trained with (its manifest's hparams)."""
-    return config_from_dict(ModelConfig, dict(read_manifest(model_dir).hparams))
-
-
-def artifact_weights(model_dir: Path) -> InitialWeights:
-    """The artifact's TorchScript weights as a SketchRNN state dict (keys `encoder.*`, `decoder.*`)."""
-    from sketchserve.artifact import load_artifact
-
-    artifact = load_artifact(model_dir, "cpu")
-    state = {f"encoder.{k}": v for k, v in artifact.encoder.state_dict().items()}
-    state.update({f"decoder.{k}": v for k, v in artifact.decoder.state_dict().items()})
-    return InitialWeights(
-        model=artifact_model_config(model_dir), state_dict=state, scale=artifact.manifest.scale_factor
-    )

@@ -85,31 +85,6 @@ def _drop_empty(labels: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, 
     return remap[labels], centroids[keep], int(centroids.shape[0] - keep.size)
 
 
-@dataclass(frozen=True)
-class MixtureInit:
-    """A diagonal Gaussian mixture read off a k-means fit (VaDE's initialization of its prior)."""
-
-    means: np.ndarray  # (k, d)
-    log_var: np.ndarray  # (k, d): log of each cluster's per-dimension variance
-    logits: np.ndarray  # (k,): log of each cluster's share of the codes
-
-
-# Floor of a cluster's per-dimension variance: a cluster of identical codes still gets a proper Gaussian.
-MIN_VARIANCE = 1e-4
-
-
-def mixture_from_kmeans(codes: np.ndarray, k: int, *, random_state: int, n_init: int) -> MixtureInit:
-    """k-means on ``codes``, then each cluster's mean, variance and share as a mixture component."""
-    fit = fit_kmeans(codes, k, random_state=random_state, n_init=n_init)
-    x = codes.astype(np.float64)
-    variances = np.stack([x[fit.labels == c].var(axis=0) for c in range(fit.k)])
-    return MixtureInit(
-        means=fit.centroids,
-        log_var=np.log(np.maximum(variances, MIN_VARIANCE)),
-        logits=np.log(np.asarray(fit.sizes, dtype=np.float64) / len(codes)),
-    )
-
-
 def fit_kmeans(codes: np.ndarray, k: int, *, random_state: int, n_init: int) -> KMeansFit:
     """k-means++ with `n_init` restarts; clusters left empty (fewer distinct codes than k) are dropped."""
     validate_k(k, codes.shape[0])

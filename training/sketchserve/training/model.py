@@ -16,7 +16,7 @@ teach the decoder to stay ended, which sampling never asks of it).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,6 @@ from torch import Tensor, nn
 
 from sketchserve.strokes import CANONICAL_SIZE
 from sketchserve.training.config import ModelConfig
-
-if TYPE_CHECKING:
-    from sketchserve.training.dataset import Batch
 
 STROKE5 = 5
 POSITION_FEATURES = 2  # x, y of each point in the canonical frame (encoder_input 'offsets+positions')
@@ -93,8 +90,6 @@ class LossTerms(NamedTuple):
     kl: Tensor
     offset: Tensor
     pen: Tensor
-    contrastive: Tensor  # 0 unless a second view was given (see ``contrastive_loss``)
-    invariance: Tensor  # 0 unless a second view was given (see ``invariance_loss``)
 
 
 def split_params(out: Tensor, num_mixtures: int, rho_limit: float = RHO_LIMIT) -> MixtureParams:
@@ -351,7 +346,7 @@ class Decoder(nn.Module):
     caller's ``target`` (default: the ``typical_length`` buffer, the training median).
     """
 
-    __constants__ = ["num_mixtures", "dec_hidden", "pen_states", "pen_end", "input_dropout", "with_length"]
+    __constants__ = ["num_mixtures", "dec_hidden", "pen_states", "pen_end", "with_length"]
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -359,7 +354,6 @@ class Decoder(nn.Module):
         self.pen_end = PEN_END
         self.num_mixtures = cfg.num_mixtures
         self.dec_hidden = cfg.dec_hidden
-        self.input_dropout = cfg.input_dropout
         self.with_length = cfg.decoder_condition == "latent+length"
         self.init_state = nn.Linear(cfg.latent_size, 2 * cfg.dec_hidden)
         width = STROKE5 + (LENGTH_FEATURES if self.with_length else 0) + cfg.latent_size
@@ -392,13 +386,6 @@ class Decoder(nn.Module):
         """Per-step losses ``[B, T+1]`` of canonical stroke-5 ``x`` (no start token); ``T+1`` is the end step."""
         xn = normalize(x, self.scale)
         inputs = teacher_inputs(xn)
-        if self.training and self.input_dropout > 0.0:
-            # Zero whole input points (never the start token): the decoder must lean on z.
-            keep = (torch.rand(inputs.shape[0], inputs.shape[1], 1, device=inputs.device) >= self.input_dropout).to(
-                inputs.dtype
-            )
-            keep = torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1)
-            inputs = inputs * keep
         if self.with_length:
             inputs = torch.cat(
                 [inputs, remaining_inputs(teacher_remaining(lengths, inputs.shape[1])).to(inputs.dtype)], dim=-1
@@ -484,38 +471,6 @@ class Decoder(nn.Module):
         return out, lengths
 
 
-def diagonal_gaussian_log_prob(z: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
-    """``log N(z; mean, diag(exp(log_var)))`` summed over the last dimension (broadcasting)."""
-    diff = z - mean
-    return -0.5 * (diff * diff / log_var.exp() + log_var + LOG_2PI).sum(dim=-1)
-
-
-class MixturePrior(nn.Module):
-    """A learned prior ``sum_k pi_k N(means_k, diag(exp(log_var_k)))`` over the latent space.
-
-    The KL term has no closed form, so it is estimated from the training sample ``z``:
-    ``log q(z|x) - log p(z)``, averaged over batch and divided by the latent size (the
-    same units as the standard-normal KL). Means start at standard-normal draws so the
-    components differ; in a 600-step run every code still fell into one component
-    (docs/benchmarks.md, "Clustering"): VaDE starts them from k-means on trained codes.
-    """
-
-    def __init__(self, components: int, latent_size: int) -> None:
-        super().__init__()
-        self.means = nn.Parameter(torch.randn(components, latent_size))
-        self.log_var = nn.Parameter(torch.zeros(components, latent_size))
-        self.logits = nn.Parameter(torch.zeros(components))
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """``log p(z)`` per row of ``z [B, Nz]``."""
-        per_component = diagonal_gaussian_log_prob(z.unsqueeze(1), self.means.unsqueeze(0), self.log_var.unsqueeze(0))
-        return torch.logsumexp(per_component + torch.log_softmax(self.logits, dim=0), dim=1)
-
-    def kl_estimate(self, z: Tensor, mu: Tensor, presig: Tensor) -> Tensor:
-        log_q = diagonal_gaussian_log_prob(z, mu, presig)
-        return (log_q - self.log_prob(z)).mean() / z.shape[1]
-
-
 class SketchRNN(nn.Module):
     """Encoder + decoder for training; ``forward`` returns the (unweighted) loss terms."""
 
@@ -524,7 +479,6 @@ class SketchRNN(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.prior = MixturePrior(cfg.prior_components, cfg.latent_size) if cfg.prior_components else None
 
     def set_scale(self, scale: float) -> None:
         self.encoder.scale.fill_(scale)
@@ -539,15 +493,8 @@ class SketchRNN(nn.Module):
     def scale_factor(self) -> float:
         return float(self.encoder.scale)
 
-    def forward(
-        self, x: Tensor, lengths: Tensor, eps: Tensor, view: Batch | None = None, temperature: float = 0.1
-    ) -> LossTerms:
-        """``x`` canonical stroke-5 ``[B,T,5]`` (no start token), ``eps`` standard normal ``[B, Nz]``.
-
-        ``view``: the same sketches augmented differently; then ``contrastive`` is
-        ``contrastive_loss`` between the two views' ``mu`` at ``temperature``, and
-        ``invariance`` is their ``invariance_loss``.
-        """
+    def forward(self, x: Tensor, lengths: Tensor, eps: Tensor) -> LossTerms:
+        """``x`` canonical stroke-5 ``[B,T,5]`` (no start token), ``eps`` standard normal ``[B, Nz]``."""
         mu, presig = self.encoder.moments(x, lengths)
         z = mu + torch.exp(presig / 2.0) * eps
         losses = self.decoder.teacher_losses(z, x, lengths)
@@ -557,36 +504,5 @@ class SketchRNN(nn.Module):
         offset = (losses.offset * real).sum() / denom
         pen_mask = real if not self.training else real_rows(lengths + 1, steps).to(real.dtype)
         pen = (losses.pen * pen_mask).sum() / denom
-        if self.prior is None:
-            kl = -0.5 * torch.mean(1.0 + presig - mu * mu - torch.exp(presig))
-        else:
-            kl = self.prior.kl_estimate(z, mu, presig)
-        contrastive = torch.zeros((), device=x.device)
-        invariance = torch.zeros((), device=x.device)
-        if view is not None:
-            mu_view, _ = self.encoder.moments(view.x, view.lengths)
-            contrastive = contrastive_loss(mu, mu_view, temperature)
-            invariance = invariance_loss(mu, mu_view)
-        return LossTerms(
-            recon=offset + pen, kl=kl, offset=offset, pen=pen, contrastive=contrastive, invariance=invariance
-        )
-
-
-def invariance_loss(a: Tensor, b: Tensor, floor: float = 1e-6) -> Tensor:
-    """How far two views' codes ``[B, Nz]`` of the same sketches lie apart, relative to how far
-    the batch's codes spread: ``mean |a - b|^2 / mean |a - mean(a)|^2``. 0 when every view lands on
-    its sketch's code; about 2 when views are as far apart as unrelated sketches. Scale-free, so it
-    cannot be lowered by shrinking the codes, and it has no term that spreads them (SimCLR's
-    uniformity, which removed the clusters: docs/benchmarks.md, "Clustering")."""
-    spread = (a - a.mean(dim=0, keepdim=True)).pow(2).sum(-1).mean()
-    return (a - b).pow(2).sum(-1).mean() / spread.clamp(min=floor)
-
-
-def contrastive_loss(a: Tensor, b: Tensor, temperature: float) -> Tensor:
-    """NT-Xent (SimCLR, Chen et al. 2020) between two views' codes ``[B, Nz]``: row i of ``a`` and of ``b``
-    are the same sketch; every other row of the batch is a negative. Cosine similarity over ``temperature``,
-    cross-entropy both ways, mean over the batch (``log B`` when the codes say nothing)."""
-    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    logits = a @ b.t() / temperature
-    target = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        kl = -0.5 * torch.mean(1.0 + presig - mu * mu - torch.exp(presig))
+        return LossTerms(recon=offset + pen, kl=kl, offset=offset, pen=pen)

@@ -3,10 +3,15 @@
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) every process trains on its own
 random batches of ``batch_size // world_size`` sketches and DistributedDataParallel
 averages the gradients (gloo on CPU, nccl on GPU); only rank 0 evaluates, logs
-metrics and writes checkpoints. Runs are repeatable on CPU for a given seed.
+metrics and writes checkpoints, which hold every rank's random state (a resumed run
+draws, on every rank, the batches an uninterrupted one draws). Runs are repeatable
+on CPU for a given seed.
 
-The run directory holds ``ckpt.pt`` (latest, for ``--resume``), ``best.pt``
-(best validation loss, what ``export`` uses), ``metrics.jsonl`` and ``loss.png``.
+The run directory holds ``ckpt.pt`` (latest, for ``--resume``; every
+``checkpoint_every`` steps and when the run stops), ``best.pt`` (best validation
+loss among the evaluations every ``eval_every`` steps, what ``export`` uses),
+``metrics.jsonl`` and ``loss.png``. A directory that already holds a run is
+refused unless the run is resumed (``--resume``) or replaced (``--overwrite``).
 """
 
 from __future__ import annotations
@@ -14,42 +19,46 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from sketchserve.progress import Progress
-from sketchserve.training.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
-from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig
+from sketchserve.training.checkpoint import (
+    BEST,
+    CHECKPOINT,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig, config_from_dict
 from sketchserve.training.dataset import (
     Batch,
     Dataset,
     RecordFilter,
-    Views,
     fixed_batches,
     load_dataset,
-    sample_views,
+    sample_batch,
     scale_factor,
 )
-from sketchserve.training.kmeans import mixture_from_kmeans
+from sketchserve.training.distributed import Dist, any_rank, gather_to_main, leave_distributed, setup_distributed
 from sketchserve.training.model import SketchRNN
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+# What a run writes into its directory; --overwrite removes exactly these.
+RUN_FILES = (CHECKPOINT, BEST, METRICS_FILE, LOSS_PLOT)
 EVAL_SEED = 1234  # fixed z noise for evaluation: metrics comparable between evaluations
 DRY_RUN_STEPS = 3  # steps timed by --dry-run
-PRIOR_PREFIX = "prior."  # state-dict keys of the mixture prior, absent from artifacts trained without one
-PRIOR_INIT_BATCH = 256  # sketches per encoder call when initializing the prior
-PRIOR_INIT_RESTARTS = 10  # k-means restarts for the prior's start (as in `sketchserve cluster`)
 SECONDS_PER_MINUTE = 60.0
 
 
@@ -63,13 +72,15 @@ class RunSpec:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     resume: bool = False
+    # Replace a run already in out_dir (its checkpoints and metrics go) instead of refusing.
+    overwrite: bool = False
     max_minutes: float | None = None
     dry_run: bool = False
     threads: int | None = None
     device: str = "auto"
     command: str = ""
     filter_description: str | None = None
-    # --fine-tune: start from this artifact's weights and scale factor instead of from scratch.
+    # --init-from / --fine-tune: start from this artifact's weights and scale factor instead of from scratch.
     init_from: Path | None = None
 
 
@@ -92,15 +103,11 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Dist:
-    rank: int
-    world: int
-    device: torch.device
+class Draw(NamedTuple):
+    """One step's random inputs on one rank: an augmented batch and the z noise."""
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+    batch: Batch
+    eps: torch.Tensor
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -115,24 +122,6 @@ def kl_weight_at(step: int, cfg: TrainConfig) -> float:
 
 def total_loss(recon: torch.Tensor, kl: torch.Tensor, kl_weight: float, kl_tolerance: float) -> torch.Tensor:
     return recon + kl_weight * torch.clamp(kl, min=kl_tolerance)
-
-
-def setup_distributed(device: str) -> Dist:
-    """Join the ``torchrun`` process group if there is one; pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-    else:
-        dev = torch.device("cpu")
-    if world > 1:
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Dist(rank=rank, world=world, device=dev)
 
 
 @torch.no_grad()
@@ -210,56 +199,44 @@ class StopSignals:
         self._previous = {}
 
 
-def _stop_agreed(local_stop: bool, dist: Dist) -> bool:
-    """All ranks stop together (a time budget may run out on one rank first)."""
-    if dist.world == 1:
-        return local_stop
-    flag = torch.tensor([1.0 if local_stop else 0.0], device=dist.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item() > 0)
-
-
-def _train_step(
-    ddp_model: nn.Module,
-    model: SketchRNN,
-    opt: torch.optim.Optimizer,
-    views: Views,
-    eps: torch.Tensor,
-    step: int,
-    cfg: TrainConfig,
-    device: torch.device,
-) -> dict[str, float]:
-    lr = lr_at(step, cfg)
-    for group in opt.param_groups:
-        group["lr"] = lr
-    kl_w = kl_weight_at(step, cfg)
-    batch, view = views
-    if view is not None:
-        view = Batch(view.x.to(device), view.lengths.to(device))
-    terms = ddp_model(batch.x.to(device), batch.lengths.to(device), eps.to(device), view, cfg.contrastive_temperature)
-    loss = (
-        total_loss(terms.recon, terms.kl, kl_w, cfg.kl_tolerance)
-        + cfg.contrastive_weight * terms.contrastive
-        + cfg.invariance_weight * terms.invariance
-    )
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    stats = {"loss": loss.item(), "recon": terms.recon.item(), "kl": terms.kl.item(), "kl_weight": kl_w, "lr": lr}
-    if view is not None:
-        stats["contrastive"] = terms.contrastive.item()
-        stats["invariance"] = terms.invariance.item()
-    return stats
-
-
 @dataclass
-class _State:
+class RunState:
+    """What a run carries from step to step, and what its checkpoint restores."""
+
     step: int = 0
-    wall_before: float = 0.0
+    wall_before: float = 0.0  # seconds spent by earlier sessions of this run (before --resume)
     best_loss: float = math.inf
     best_step: int = -1
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the best evaluation's
+    last_metrics: dict[str, Any] = field(default_factory=dict)  # the latest evaluation's
+
+
+def held_step(out_dir: Path) -> int | None:
+    """The step of the run ``out_dir`` holds (-1: files of a run but no readable checkpoint); None if none."""
+    if not any((out_dir / name).exists() for name in RUN_FILES):
+        return None
+    try:
+        return int(load_checkpoint(out_dir / CHECKPOINT)["step"])
+    except CheckpointError:
+        return -1
+
+
+def claim_out_dir(spec: RunSpec, dist: Dist) -> None:
+    """Refuse a directory that holds a run unless it is resumed or overwritten; empty it for --overwrite."""
+    if spec.resume or spec.dry_run:
+        return
+    step = held_step(spec.out_dir)
+    if step is None:
+        return
+    if not spec.overwrite:
+        held = f"a run at step {step}" if step >= 0 else "a run's files but no readable checkpoint"
+        raise ConfigError(
+            f"{spec.out_dir} already holds {held}: continue it with --resume or replace it with --overwrite"
+        )
+    if dist.main:
+        for name in RUN_FILES:
+            (spec.out_dir / name).unlink(missing_ok=True)
+        logger.info("--overwrite: removed the run at step %d in %s", step, spec.out_dir)
 
 
 def _prepare(spec: RunSpec, record_filter: RecordFilter | None) -> tuple[RunSpec, Dataset, dict[str, Any] | None]:
@@ -267,11 +244,11 @@ def _prepare(spec: RunSpec, record_filter: RecordFilter | None) -> tuple[RunSpec
     ckpt = None
     if spec.resume:
         ckpt = load_checkpoint(spec.out_dir / CHECKPOINT)
-        train_cfg = replace(TrainConfig(**ckpt["train_config"]), max_steps=spec.train.max_steps).validate()
+        train_cfg = replace(config_from_dict(TrainConfig, ckpt["train_config"]), max_steps=spec.train.max_steps)
         spec = replace(
             spec,
-            model=ModelConfig(**ckpt["model_config"]).validate(),
-            train=train_cfg,
+            model=config_from_dict(ModelConfig, ckpt["model_config"]),
+            train=train_cfg.validate(),
             data=spec.data or tuple(ckpt["spec"]["data"]),
             categories=spec.categories or tuple(ckpt["spec"]["categories"]),
             filter_description=spec.filter_description or ckpt["spec"].get("filter_description"),
@@ -288,228 +265,246 @@ def train(spec: RunSpec, record_filter: RecordFilter | None = None) -> TrainResu
     spec, data, ckpt = _prepare(spec, record_filter)
     dist = setup_distributed(spec.device)
     try:
-        return _train(spec, data, ckpt, dist)
+        claim_out_dir(spec, dist)
+        trainer = Trainer(spec, data, ckpt, dist)
+        return trainer.dry_run() if spec.dry_run else trainer.run()
     finally:
-        if dist.world > 1:
-            torch.distributed.destroy_process_group()
+        leave_distributed(dist)
 
 
-def init_prior_from_kmeans(model: SketchRNN, sketches: list[np.ndarray], seed: int) -> None:
-    """VaDE's start for a mixture prior added to a trained model: k-means on the training
-    sketches' ``mu``, each cluster's mean, variance and share becoming one component."""
-    if model.prior is None:
-        return
-    k = model.prior.means.shape[0]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        codes = np.concatenate(
-            [model.encoder.moments(b.x, b.lengths).mu.numpy() for b in fixed_batches(sketches, PRIOR_INIT_BATCH)]
-        )
-    model.train(was_training)
-    mixture = mixture_from_kmeans(codes, k, random_state=seed, n_init=PRIOR_INIT_RESTARTS)
-    if mixture.means.shape[0] != k:
+def _initial_weights(spec: RunSpec, model: SketchRNN) -> float | None:
+    """Load ``--init-from``'s weights into ``model``; returns its scale factor (None without one)."""
+    if spec.init_from is None:
+        return None
+    from sketchserve.training.init_from import artifact_weights
+
+    init = artifact_weights(spec.init_from)
+    try:
+        missing, unexpected = model.load_state_dict(init.state_dict, strict=False)
+    except RuntimeError as exc:  # a size mismatch: a model flag changed a weight's shape
         raise ConfigError(
-            f"--prior-components {k}: k-means found only {mixture.means.shape[0]} distinct clusters in the codes"
+            f"{spec.init_from}: its weights do not fit this model: {str(exc).splitlines()[-1].strip()}"
+        ) from None
+    if missing or unexpected:
+        raise ConfigError(
+            f"{spec.init_from}: its weights do not fit this model (missing {missing}, unexpected {unexpected})"
         )
-    with torch.no_grad():
-        model.prior.means.copy_(torch.from_numpy(mixture.means))
-        model.prior.log_var.copy_(torch.from_numpy(mixture.log_var))
-        model.prior.logits.copy_(torch.from_numpy(mixture.logits))
-    logger.info(
-        "mixture prior initialized by k-means on %d training codes: component shares %s",
-        len(codes),
-        np.round(np.exp(mixture.logits), 3).tolist(),
-    )
+    return init.scale
 
 
-def _train(spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist) -> TrainResult:
-    cfg, tcfg = spec.model, spec.train
-    torch.manual_seed(tcfg.seed)
-    model = SketchRNN(cfg)
-    init = None
-    if spec.init_from and not ckpt:
-        from sketchserve.training.from_cluster import artifact_weights
+class Trainer:
+    """One run on one rank: the model, its optimizer, the data, this rank's random state and the ``RunState``.
 
-        init = artifact_weights(spec.init_from)
-    scale = ckpt["scale_factor"] if ckpt else (init.scale if init else scale_factor(data.train))
-    model.set_scale(scale)
-    model.set_typical_length(float(np.median([len(s) for s in data.train])))
-    if init:
-        try:
-            missing, unexpected = model.load_state_dict(init.state_dict, strict=False)
-        except RuntimeError as exc:  # a size mismatch: a model flag changed a weight's shape
-            raise ConfigError(
-                f"{spec.init_from}: its weights do not fit this model: {str(exc).splitlines()[-1].strip()}"
-            ) from None
-        if unexpected or any(not k.startswith(PRIOR_PREFIX) for k in missing):
-            raise ConfigError(
-                f"{spec.init_from}: its weights do not fit this model (missing {missing}, unexpected {unexpected})"
+    ``run`` is the loop; ``draw`` and ``step`` are one step's two halves (what a test
+    needs to see which sketches a rank drew and what one step did to the weights).
+    """
+
+    def __init__(self, spec: RunSpec, data: Dataset, ckpt: dict[str, Any] | None, dist: Dist) -> None:
+        self.spec, self.data, self.dist = spec, data, dist
+        self.cfg, self.tcfg = spec.model, spec.train
+        torch.manual_seed(self.tcfg.seed)  # the same initial weights on every rank
+        self.model = SketchRNN(self.cfg)
+        init_scale = _initial_weights(spec, self.model) if ckpt is None else None
+        scale = ckpt["scale_factor"] if ckpt else (init_scale or scale_factor(data.train))
+        self.model.set_scale(scale)
+        self.model.set_typical_length(float(np.median([len(s) for s in data.train])))
+        self.model.to(dist.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tcfg.learning_rate)
+        self.state = RunState()
+        self.rng = np.random.default_rng([self.tcfg.seed, dist.rank])  # this rank's batches and augmentation
+        torch.manual_seed(self.tcfg.seed + dist.rank)  # this rank's z noise
+        if ckpt:
+            self._restore(ckpt)
+        self.ddp_model: nn.Module = self.model
+        if dist.world > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[dist.device] if dist.device.type == "cuda" else None
             )
-        if missing:
-            init_prior_from_kmeans(model, data.train, tcfg.seed)
-    model.to(dist.device)
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.learning_rate)
-    state = _State()
-    rng = np.random.default_rng([tcfg.seed, dist.rank])
-    torch.manual_seed(tcfg.seed + dist.rank)
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = _State(
-            ckpt["step"], ckpt["wall_seconds"], ckpt["best_loss"], ckpt["best_step"], ckpt.get("metrics", {})
-        )
-        rng.bit_generator.state = ckpt["rng"][dist.rank % len(ckpt["rng"])]["numpy"]
-        torch.set_rng_state(ckpt["rng"][dist.rank % len(ckpt["rng"])]["torch"])
-    ddp_model: nn.Module = model
-    if dist.world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.device] if dist.device.type == "cuda" else None
-        )
-    local_batch = max(1, tcfg.batch_size // dist.world)
-    n_params = sum(p.numel() for p in model.parameters())
-    if dist.main:
-        logger.info(
-            "%d parameters; %d/%d/%d train/valid/test sketches; scale factor %.3f; %d process(es) x batch %d",
-            n_params,
-            len(data.train),
-            len(data.valid),
-            len(data.test),
-            scale,
-            dist.world,
-            local_batch,
-        )
-    if spec.dry_run:
-        return _dry_run(ddp_model, model, opt, data, spec, dist, local_batch)
-    if dist.main:
-        spec.out_dir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(spec.out_dir / METRICS_FILE if dist.main else None)
-    start = time.monotonic()
-    deadline = start + spec.max_minutes * SECONDS_PER_MINUTE if spec.max_minutes else math.inf
-    model.train()
-    first_step = state.step
-    with (
-        StopSignals() as stop,
-        Progress(total=tcfg.max_steps - first_step, desc="train") if dist.main else _NoProgress() as bar,
-    ):
+        self.local_batch = max(1, self.tcfg.batch_size // dist.world)
+        self.log = MetricsLog(spec.out_dir / METRICS_FILE if dist.main else None)
+        self.start = time.monotonic()  # of this session's training (reset by run)
         if dist.main:
             logger.info(
-                "training steps %d to %d; SIGTERM or Ctrl-C stops after the current step, with a checkpoint",
-                first_step + 1,
-                tcfg.max_steps,
+                "%d parameters; %d/%d/%d train/valid/test sketches; scale factor %.3f; %d process(es) x batch %d",
+                sum(p.numel() for p in self.model.parameters()),
+                len(data.train),
+                len(data.valid),
+                len(data.test),
+                scale,
+                dist.world,
+                self.local_batch,
             )
-        while state.step < tcfg.max_steps and not _stop_agreed(
-            time.monotonic() >= deadline or stop.requested.is_set(), dist
-        ):
-            views = sample_views(data.train, local_batch, rng, tcfg)
-            eps = torch.randn(local_batch, cfg.latent_size)
-            stats = _train_step(ddp_model, model, opt, views, eps, state.step, tcfg, dist.device)
-            state.step += 1
-            elapsed = time.monotonic() - start
-            rate = (state.step - first_step) / max(elapsed, 1e-9)
-            bar.update(
-                1,
-                step=state.step,
-                loss=stats["loss"],
-                L_R=stats["recon"],
-                KL=stats["kl"],
-                lr=stats["lr"],
-                **{"steps/s": rate},
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        rngs = ckpt["rng"]
+        if len(rngs) != self.dist.world:
+            raise ConfigError(
+                f"{self.spec.out_dir / CHECKPOINT} was written by {len(rngs)} process(es): resume it with as many "
+                f"(this run has {self.dist.world}), or each rank would draw other batches than the run it continues"
             )
-            if state.step % tcfg.log_every == 0:
-                log.write({"kind": "train", "step": state.step, **stats, "steps_per_s": rate, "elapsed": elapsed})
-            if dist.main and (state.step % tcfg.eval_every == 0 or state.step % tcfg.checkpoint_every == 0):
-                _evaluate_and_save(model, opt, data, spec, state, rng, log, start)
-    wall = time.monotonic() - start
-    if dist.main:
-        if state.step % tcfg.eval_every and state.step % tcfg.checkpoint_every:
-            _evaluate_and_save(model, opt, data, spec, state, rng, log, start)
-        from sketchserve.training.plots import plot_loss_curve
-
-        plot_loss_curve(spec.out_dir / METRICS_FILE, spec.out_dir / "loss.png")
-    return TrainResult(
-        steps=state.step,
-        wall_seconds=state.wall_before + wall,
-        steps_per_second=(state.step - first_step) / max(wall, 1e-9),
-        best_step=state.best_step,
-        metrics=state.metrics,
-    )
-
-
-def _evaluate_and_save(
-    model: SketchRNN,
-    opt: torch.optim.Optimizer,
-    data: Dataset,
-    spec: RunSpec,
-    state: _State,
-    rng: np.random.Generator,
-    log: MetricsLog,
-    start: float,
-) -> None:
-    metrics = evaluate_splits(model, data, spec.train, next(model.parameters()).device)
-    valid = metrics["valid"]
-    log.write({"kind": "eval", "step": state.step, **{f"{k}_{m}": v for k, d in metrics.items() for m, v in d.items()}})
-    if valid:
-        logger.info("step %d: valid L_R %.4f KL %.4f loss %.4f", state.step, valid["recon"], valid["kl"], valid["loss"])
-    score = valid["loss"] if valid else -state.step
-    improved = score < state.best_loss
-    if improved:
-        state.best_loss, state.best_step, state.metrics = score, state.step, metrics
-    payload = {
-        "model_config": asdict(spec.model),
-        "train_config": asdict(spec.train),
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "step": state.step,
-        "scale_factor": model.scale_factor,
-        "wall_seconds": state.wall_before + time.monotonic() - start,
-        "best_loss": state.best_loss,
-        "best_step": state.best_step,
-        "metrics": metrics,
-        "rng": [{"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}],
-        "data": data.provenance,
-        "spec": {
-            "data": list(spec.data),
-            "categories": list(spec.categories),
-            "command": spec.command,
-            "filter_description": spec.filter_description,
-        },
-    }
-    save_checkpoint(payload, spec.out_dir / CHECKPOINT)
-    if improved:
-        save_checkpoint(payload, spec.out_dir / BEST)
-
-
-def _dry_run(
-    ddp_model: nn.Module,
-    model: SketchRNN,
-    opt: torch.optim.Optimizer,
-    data: Dataset,
-    spec: RunSpec,
-    dist: Dist,
-    local_batch: int,
-) -> TrainResult:
-    """Time a few real steps, write nothing: what a budget buys (``--dry-run``)."""
-    rng = np.random.default_rng([spec.train.seed, dist.rank])
-    model.train()
-    start = time.monotonic()
-    stats: dict[str, float] = {}
-    for step in range(DRY_RUN_STEPS):
-        views = sample_views(data.train, local_batch, rng, spec.train)
-        stats = _train_step(
-            ddp_model,
-            model,
-            opt,
-            views,
-            torch.randn(local_batch, spec.model.latent_size),
-            step,
-            spec.train,
-            dist.device,
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.state = RunState(
+            step=ckpt["step"],
+            wall_before=ckpt["wall_seconds"],
+            best_loss=ckpt["best_loss"],
+            best_step=ckpt["best_step"],
+            metrics=ckpt.get("best_metrics", ckpt.get("metrics", {})),
+            last_metrics=ckpt.get("metrics", {}),
         )
-    wall = time.monotonic() - start
-    return TrainResult(
-        steps=0, wall_seconds=wall, steps_per_second=DRY_RUN_STEPS / wall, best_step=-1, metrics={"train": stats}
-    )
+        self.rng.bit_generator.state = rngs[self.dist.rank]["numpy"]
+        torch.set_rng_state(rngs[self.dist.rank]["torch"])
+
+    def draw(self) -> Draw:
+        """This rank's next augmented batch and z noise (advances its random state)."""
+        batch = sample_batch(
+            self.data.train, self.local_batch, self.rng, self.tcfg.random_scale_factor, self.tcfg.augment_stroke_prob
+        )
+        return Draw(batch, torch.randn(self.local_batch, self.cfg.latent_size))
+
+    def step(self, draw: Draw) -> dict[str, float]:
+        """One optimizer step on ``draw`` (gradients averaged over the ranks); advances nothing else."""
+        step, cfg, device = self.state.step, self.tcfg, self.dist.device
+        lr = lr_at(step, cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        kl_w = kl_weight_at(step, cfg)
+        terms = self.ddp_model(draw.batch.x.to(device), draw.batch.lengths.to(device), draw.eps.to(device))
+        loss = total_loss(terms.recon, terms.kl, kl_w, cfg.kl_tolerance)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        return {"loss": loss.item(), "recon": terms.recon.item(), "kl": terms.kl.item(), "kl_weight": kl_w, "lr": lr}
+
+    def run(self) -> TrainResult:
+        spec, tcfg, dist, state = self.spec, self.tcfg, self.dist, self.state
+        if dist.main:
+            spec.out_dir.mkdir(parents=True, exist_ok=True)
+        self.start = time.monotonic()
+        deadline = self.start + spec.max_minutes * SECONDS_PER_MINUTE if spec.max_minutes else math.inf
+        self.model.train()
+        first_step = state.step
+        with (
+            StopSignals() as stop,
+            Progress(total=tcfg.max_steps - first_step, desc="train") if dist.main else _NoProgress() as bar,
+        ):
+            if dist.main:
+                logger.info(
+                    "training steps %d to %d; SIGTERM or Ctrl-C stops after the current step, with a checkpoint",
+                    first_step + 1,
+                    tcfg.max_steps,
+                )
+            while state.step < tcfg.max_steps and not any_rank(
+                time.monotonic() >= deadline or stop.requested.is_set(), dist
+            ):
+                stats = self.step(self.draw())
+                state.step += 1
+                elapsed = time.monotonic() - self.start
+                rate = (state.step - first_step) / max(elapsed, 1e-9)
+                if dist.main and state.step == first_step + 1:
+                    logger.info("step %d done (%.2f s since start)", state.step, elapsed)
+                bar.update(
+                    1,
+                    step=state.step,
+                    loss=stats["loss"],
+                    L_R=stats["recon"],
+                    KL=stats["kl"],
+                    lr=stats["lr"],
+                    **{"steps/s": rate},
+                )
+                if state.step % tcfg.log_every == 0:
+                    self.log.write(
+                        {"kind": "train", "step": state.step, **stats, "steps_per_s": rate, "elapsed": elapsed}
+                    )
+                self.checkpoint(
+                    evaluate=state.step % tcfg.eval_every == 0, save=state.step % tcfg.checkpoint_every == 0
+                )
+        wall = time.monotonic() - self.start
+        if state.step > first_step:  # the stop's own checkpoint (and evaluation), unless the last step made them
+            self.checkpoint(evaluate=state.step % tcfg.eval_every != 0, save=state.step % tcfg.checkpoint_every != 0)
+        if dist.main:
+            from sketchserve.training.plots import plot_loss_curve
+
+            plot_loss_curve(spec.out_dir / METRICS_FILE, spec.out_dir / LOSS_PLOT)
+        return TrainResult(
+            steps=state.step,
+            wall_seconds=state.wall_before + wall,
+            steps_per_second=(state.step - first_step) / max(wall, 1e-9),
+            best_step=state.best_step,
+            metrics=state.metrics,
+        )
+
+    def checkpoint(self, *, evaluate: bool, save: bool) -> None:
+        """Evaluate (rank 0; ``best.pt`` when validation improves) and/or write ``ckpt.pt``.
+
+        Every rank calls it at the same steps: each hands rank 0 its random state."""
+        if not (evaluate or save):
+            return
+        rngs = gather_to_main({"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()}, self.dist)
+        if not self.dist.main:
+            return
+        improved = self._evaluate() if evaluate else False
+        payload = self._payload(rngs)
+        if save:
+            save_checkpoint(payload, self.spec.out_dir / CHECKPOINT)
+        if improved:
+            save_checkpoint(payload, self.spec.out_dir / BEST)
+
+    def _evaluate(self) -> bool:
+        """Evaluate the valid and test splits, log them; returns whether the run's best improved."""
+        state = self.state
+        metrics = evaluate_splits(self.model, self.data, self.tcfg, self.dist.device)
+        state.last_metrics = metrics
+        valid = metrics["valid"]
+        record = {f"{k}_{m}": v for k, d in metrics.items() for m, v in d.items()}
+        self.log.write({"kind": "eval", "step": state.step, **record})
+        if valid:
+            logger.info(
+                "step %d: valid L_R %.4f KL %.4f loss %.4f", state.step, valid["recon"], valid["kl"], valid["loss"]
+            )
+        score = valid["loss"] if valid else -state.step
+        if score >= state.best_loss:
+            return False
+        state.best_loss, state.best_step, state.metrics = score, state.step, metrics
+        return True
+
+    def _payload(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+        spec, state = self.spec, self.state
+        return {
+            "model_config": asdict(spec.model),
+            "train_config": asdict(spec.train),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": state.step,
+            "scale_factor": self.model.scale_factor,
+            "wall_seconds": state.wall_before + time.monotonic() - self.start,
+            "best_loss": state.best_loss,
+            "best_step": state.best_step,
+            "metrics": state.last_metrics,  # what `export` reports for this checkpoint
+            "best_metrics": state.metrics,
+            "rng": rngs,  # one per rank, in rank order
+            "data": self.data.provenance,
+            "spec": {
+                "data": list(spec.data),
+                "categories": list(spec.categories),
+                "command": spec.command,
+                "filter_description": spec.filter_description,
+            },
+        }
+
+    def dry_run(self) -> TrainResult:
+        """Time a few real steps, write nothing: what a budget buys (``--dry-run``)."""
+        self.model.train()
+        start = time.monotonic()
+        stats: dict[str, float] = {}
+        for _ in range(DRY_RUN_STEPS):
+            stats = self.step(self.draw())
+            self.state.step += 1
+        wall = time.monotonic() - start
+        return TrainResult(
+            steps=0, wall_seconds=wall, steps_per_second=DRY_RUN_STEPS / wall, best_step=-1, metrics={"train": stats}
+        )
 
 
 class _NoProgress:
