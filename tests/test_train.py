@@ -4,10 +4,12 @@ export and sample work end to end, and bad input is one clear line on stderr."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -174,36 +176,123 @@ def test_model_card_figures(trained: Path, faces: Path, tmp_path: Path) -> None:
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
 
 
-def test_sigterm_stops_after_a_step_with_a_checkpoint_that_resumes(faces: Path, tmp_path: Path) -> None:
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / CHECKPOINT)["model"]
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# Evaluations and periodic checkpoints far apart: a checkpoint before step 1000 is the stop's own.
+NO_PERIODIC = ["--eval-every", "1000", "--checkpoint-every", "1000", "--seed", "4"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_between_evaluations_checkpoints_the_stopped_step_and_resume_continues_exactly(
+    stop_signal: signal.Signals, faces: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "stopped"
-    command = [
-        sys.executable,
-        "-m",
-        "sketchserve.cli",
-        "train",
-        *TINY_FLAGS,
-        "--data",
-        str(faces),
-        "--out",
-        str(run),
-        "--max-steps",
-        "100000",
-        "--eval-every",
-        "1",
-    ]
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as proc:
-        assert proc.stderr is not None
+    command = [sys.executable, "-m", "sketchserve.cli", "train", *TINY_FLAGS, "--data", str(faces)]
+    command += ["--out", str(run), "--max-steps", "100000", *NO_PERIODIC]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None and proc.stdout is not None
         for line in proc.stderr:
-            if "step 1: valid" in line:  # a step is done: the signal cannot come before the first
+            if "step 1 done" in line:  # a step is done: the signal cannot come before the first
                 break
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         rest = proc.stderr.read()
+        out = proc.stdout.read()
         assert proc.wait(timeout=120) == 0, rest
-    assert "SIGTERM: stopping after this step" in rest
+    assert f"{stop_signal.name}: stopping after this step" in rest
     stopped_at = load_checkpoint(run / CHECKPOINT)["step"]
-    assert 0 < stopped_at < 100000
-    train(["--resume", "--out", str(run), "--max-steps", str(stopped_at + 2)])
-    assert load_checkpoint(run / CHECKPOINT)["step"] == stopped_at + 2
+    assert 1 <= stopped_at < 1000 and f"trained {stopped_at} steps" in out
+    assert [r["step"] for r in evals(run)] == [stopped_at]  # the stop evaluated the step it stopped at
+    assert not (run / "ckpt.pt.tmp").exists()
+    train(["--resume", "--out", str(run), "--max-steps", str(stopped_at + 3)])
+    straight = tmp_path / "straight"
+    train(["--data", str(faces), "--out", str(straight), "--max-steps", str(stopped_at + 3), *NO_PERIODIC])
+    assert load_checkpoint(run / CHECKPOINT)["step"] == stopped_at + 3
+    assert same_weights(weights(run), weights(straight))
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_the_handlers_are_restored() -> None:
+    from sketchserve.training.train import StopSignals
+
+    before = {sig: signal.getsignal(sig) for sig in StopSignals.SIGNALS}
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested.wait(timeout=10)  # the first asks for a stop after the step, and returns
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second is Python's own Ctrl-C
+            threading.Event().wait(timeout=10)
+    assert {sig: signal.getsignal(sig) for sig in StopSignals.SIGNALS} == before
+
+
+@pytest.mark.slow
+def test_max_minutes_stops_the_run_with_a_checkpoint_at_the_stopped_step(faces: Path, tmp_path: Path) -> None:
+    run = tmp_path / "budget"
+    train(["--data", str(faces), "--out", str(run), "--max-steps", "100000", "--max-minutes", "0.001", *NO_PERIODIC])
+    stopped_at = load_checkpoint(run / CHECKPOINT)["step"]
+    assert 1 <= stopped_at < 1000 and [r["step"] for r in evals(run)] == [stopped_at]
+
+
+@pytest.mark.slow
+def test_train_out_refuses_a_run_it_holds_and_overwrite_starts_clean(
+    faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "held"
+    common = ["--data", str(faces), "--out", str(run), "--eval-every", "2"]
+    train([*common, "--max-steps", "4"])
+    capsys.readouterr()
+    held = {p.name: p.read_bytes() for p in run.iterdir()}
+    code = train_main([*TINY_FLAGS, *common, "--max-steps", "1"])
+    one_error_line(capsys, code, str(run), "at step 4", "--resume", "--overwrite")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == held  # nothing touched
+    one_error_line(capsys, train_main([*TINY_FLAGS, *common, "--resume", "--overwrite"]), "not both")
+    train([*common, "--max-steps", "1", "--overwrite"])
+    assert load_checkpoint(run / CHECKPOINT)["step"] == 1 and load_checkpoint(run / BEST)["step"] == 1
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1]  # the old run's history went with it
+
+
+def test_train_help_explains_every_flag_and_lists_the_allowed_values(capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import fields
+
+    from sketchserve.training.cli import train_parser
+    from sketchserve.training.config import CHOICES, ModelConfig, TrainConfig
+
+    actions = {a.dest: a for a in train_parser()._actions}
+    for cls in (ModelConfig, TrainConfig):
+        for f in fields(cls):
+            text = actions[f.name].help or ""
+            assert len(text.split("(default")[0].split()) >= 4, (f.name, text)  # a reason, not a bare default
+            assert f"(default {getattr(cls(), f.name)!r})" in text
+    assert actions["encoder_pool"].choices == CHOICES["encoder_pool"] == ("last", "last+mean")
+    with pytest.raises(SystemExit):
+        train_main(["--encoder-pool", "max"])
+    assert "choose from last, last+mean" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    assert "Paper: M = 20 bivariate Gaussians" in capsys.readouterr().out
+
+
+def test_sample_help_explains_temperature_and_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        sample_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--temperature TEMPERATURE randomness" in text and "(default 0.5)" in text
+    assert "--seed SEED seed of the prior draws" in text and "(default 0)" in text
+
+
+def test_sketchserve_without_a_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from sketchserve.cli import main
+
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("usage: sketchserve COMMAND") and captured.out == ""
+    assert main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: sketchserve COMMAND")
 
 
 def test_export_records_which_checkpoint_it_took(trained: Path, tmp_path: Path) -> None:

@@ -221,22 +221,26 @@ def held_step(out_dir: Path) -> int | None:
         return -1
 
 
-def claim_out_dir(spec: RunSpec, dist: Dist) -> None:
-    """Refuse a directory that holds a run unless it is resumed or overwritten; empty it for --overwrite."""
-    if spec.resume or spec.dry_run:
+def check_out_dir(spec: RunSpec) -> None:
+    """Refuse a directory that holds a run unless the run is resumed or replaced (``--overwrite``)."""
+    if spec.resume or spec.dry_run or spec.overwrite:
         return
     step = held_step(spec.out_dir)
-    if step is None:
-        return
-    if not spec.overwrite:
+    if step is not None:
         held = f"a run at step {step}" if step >= 0 else "a run's files but no readable checkpoint"
         raise ConfigError(
             f"{spec.out_dir} already holds {held}: continue it with --resume or replace it with --overwrite"
         )
-    if dist.main:
-        for name in RUN_FILES:
-            (spec.out_dir / name).unlink(missing_ok=True)
-        logger.info("--overwrite: removed the run at step %d in %s", step, spec.out_dir)
+
+
+def clear_out_dir(spec: RunSpec) -> None:
+    """``--overwrite``: remove the files of the run ``out_dir`` holds, so the new one starts clean."""
+    step = held_step(spec.out_dir)
+    if step is None:
+        return
+    for name in RUN_FILES:
+        (spec.out_dir / name).unlink(missing_ok=True)
+    logger.info("--overwrite: removed the run at step %d in %s", step, spec.out_dir)
 
 
 def _prepare(spec: RunSpec, record_filter: RecordFilter | None) -> tuple[RunSpec, Dataset, dict[str, Any] | None]:
@@ -262,10 +266,12 @@ def train(spec: RunSpec, record_filter: RecordFilter | None = None) -> TrainResu
     """Train (or resume) a run; returns its final numbers. ``record_filter`` selects a subset of the records."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
+    check_out_dir(spec)
     spec, data, ckpt = _prepare(spec, record_filter)
     dist = setup_distributed(spec.device)
     try:
-        claim_out_dir(spec, dist)
+        if spec.overwrite and not spec.dry_run and dist.main:
+            clear_out_dir(spec)
         trainer = Trainer(spec, data, ckpt, dist)
         return trainer.dry_run() if spec.dry_run else trainer.run()
     finally:
