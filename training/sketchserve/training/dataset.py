@@ -15,6 +15,9 @@ from sketchserve.data import SPLITS, DrawingRecord, expand_paths, iter_drawings
 from sketchserve.strokes import pad_stroke5
 from sketchserve.training.augment import augment_stroke3
 
+# Keeps the epochs' shuffles apart from every other random stream seeded by the run's seed.
+SHUFFLE_STREAM = 0x5EED
+
 # Hook for training on a subset (e.g. one cluster of a model: `--from-cluster`): records in, records out.
 RecordFilter = Callable[[list[DrawingRecord]], list[DrawingRecord]]
 
@@ -109,16 +112,39 @@ def make_batch(sketches: Sequence[np.ndarray]) -> Batch:
     return Batch(x=torch.from_numpy(padded.x), lengths=torch.from_numpy(padded.lengths))
 
 
-def sample_batch(
-    sketches: Sequence[np.ndarray],
-    batch_size: int,
-    rng: np.random.Generator,
-    scale: float,
-    drop_prob: float,
+def augmented_batch(
+    sketches: Sequence[np.ndarray], picks: np.ndarray, rng: np.random.Generator, scale: float, drop_prob: float
 ) -> Batch:
-    """A random training batch with the paper's augmentation (x/y scaling, point dropping)."""
-    picks = rng.integers(0, len(sketches), size=batch_size)
+    """The sketches at ``picks`` with the paper's augmentation (x/y scaling, point dropping), drawn from ``rng``."""
     return make_batch([augment_stroke3(sketches[i], rng, scale, drop_prob) for i in picks])
+
+
+class EpochShards:
+    """Which sketches each rank trains on under ``torchrun``: every epoch is a shuffle of the training set
+    (the same on every rank, from the seed and the epoch's number), read in consecutive slices of
+    ``world * local_batch`` of which rank ``r`` takes the ``r``-th; so in each epoch the ranks' sketches
+    are the training set, none twice. Step ``s`` of rank ``r`` takes the shuffled stream's positions
+    ``(s * world + r) * local_batch`` onwards (a step may straddle two epochs); nothing but the step is
+    state, so a resumed run draws what an uninterrupted one draws.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int, world: int, local_batch: int) -> None:
+        self.size, self.seed, self.rank, self.world, self.local_batch = size, seed, rank, world, local_batch
+        self._epoch = -1
+        self._order = np.arange(size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Epoch ``epoch``'s shuffle of the training set's indices."""
+        if epoch != self._epoch:
+            self._order = np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch]).permutation(self.size)
+            self._epoch = epoch
+        return self._order
+
+    def picks(self, step: int) -> np.ndarray:
+        """This rank's training-set indices at ``step``."""
+        start = (step * self.world + self.rank) * self.local_batch
+        epochs, offsets = np.divmod(np.arange(start, start + self.local_batch), self.size)
+        return np.array([self.order(int(e))[o] for e, o in zip(epochs, offsets)], dtype=np.int64)
 
 
 def fixed_batches(sketches: Sequence[np.ndarray], batch_size: int) -> list[Batch]:

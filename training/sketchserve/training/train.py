@@ -1,7 +1,8 @@
 """The training loop, nanoGPT style: one process or many under ``torchrun`` (DDP).
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) every process trains on its own
-random batches of ``batch_size // world_size`` sketches and DistributedDataParallel
+batches of ``batch_size // world_size`` sketches (its share of each epoch, ``EpochShards``)
+and DistributedDataParallel
 averages the gradients (gloo on CPU, nccl on GPU); only rank 0 evaluates, logs
 metrics and writes checkpoints, which hold every rank's random state (a resumed run
 draws, on every rank, the batches an uninterrupted one draws). Runs are repeatable
@@ -42,10 +43,11 @@ from sketchserve.training.config import ConfigError, ModelConfig, TrainConfig, c
 from sketchserve.training.dataset import (
     Batch,
     Dataset,
+    EpochShards,
     RecordFilter,
+    augmented_batch,
     fixed_batches,
     load_dataset,
-    sample_batch,
     scale_factor,
 )
 from sketchserve.training.distributed import Dist, any_rank, gather_to_main, leave_distributed, setup_distributed
@@ -104,8 +106,9 @@ class TrainResult:
 
 
 class Draw(NamedTuple):
-    """One step's random inputs on one rank: an augmented batch and the z noise."""
+    """One step's random inputs on one rank: the training-set indices, their augmented batch, the z noise."""
 
+    picks: np.ndarray
     batch: Batch
     eps: torch.Tensor
 
@@ -327,6 +330,11 @@ class Trainer:
                 self.model, device_ids=[dist.device] if dist.device.type == "cuda" else None
             )
         self.local_batch = max(1, self.tcfg.batch_size // dist.world)
+        self.shards = (
+            EpochShards(len(data.train), self.tcfg.seed, dist.rank, dist.world, self.local_batch)
+            if dist.world > 1
+            else None
+        )
         self.log = MetricsLog(spec.out_dir / METRICS_FILE if dist.main else None)
         self.start = time.monotonic()  # of this session's training (reset by run)
         if dist.main:
@@ -361,12 +369,20 @@ class Trainer:
         self.rng.bit_generator.state = rngs[self.dist.rank]["numpy"]
         torch.set_rng_state(rngs[self.dist.rank]["torch"])
 
-    def draw(self) -> Draw:
-        """This rank's next augmented batch and z noise (advances its random state)."""
-        batch = sample_batch(
-            self.data.train, self.local_batch, self.rng, self.tcfg.random_scale_factor, self.tcfg.augment_stroke_prob
+    def draw(self, step: int | None = None) -> Draw:
+        """This rank's sketches, augmented, and z noise for ``step`` (default: the next); advances its random state.
+
+        One process draws sketches with replacement (the paper's sampling, as the published runs did);
+        under torchrun the ranks split each epoch (``EpochShards``), so no two train on the same sketch."""
+        step = self.state.step if step is None else step
+        if self.shards is None:
+            picks = self.rng.integers(0, len(self.data.train), size=self.local_batch)
+        else:
+            picks = self.shards.picks(step)
+        batch = augmented_batch(
+            self.data.train, picks, self.rng, self.tcfg.random_scale_factor, self.tcfg.augment_stroke_prob
         )
-        return Draw(batch, torch.randn(self.local_batch, self.cfg.latent_size))
+        return Draw(picks, batch, torch.randn(self.local_batch, self.cfg.latent_size))
 
     def step(self, draw: Draw) -> dict[str, float]:
         """One optimizer step on ``draw`` (gradients averaged over the ranks); advances nothing else."""
