@@ -197,7 +197,7 @@ def train_models(
 ) -> list[Path]:
     """Train and export one model per w_KL on the categories' train splits; returns the model directories.
 
-    ``extra`` flags go to every ``sketchserve train`` after ``TRAIN_FLAGS`` (e.g. ``--input-dropout 0.3``).
+    ``extra`` flags go to every ``sketchserve train`` after ``TRAIN_FLAGS`` (e.g. ``--encoder-pool last+mean``).
     """
     data = [str(data_dir / f"{c}.npz") for c in CATEGORIES]
     models = []
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-args",
         default="",
-        help="more `sketchserve train` flags for --train, one string (e.g. '--input-dropout 0.3')",
+        help="more `sketchserve train` flags for --train, one string (e.g. '--encoder-pool last+mean')",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with the four sketch-rnn .npz files"
