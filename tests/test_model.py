@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -42,6 +43,11 @@ def _seeded() -> None:
     torch.manual_seed(0)
 
 
+def buffer(module: nn.Module, name: str) -> torch.Tensor:
+    """A module's buffer, typed (``nn.Module.__getattr__`` says ``Tensor | Module``)."""
+    return cast(torch.Tensor, getattr(module, name))
+
+
 def random_stroke5(batch: int, steps: int) -> torch.Tensor:
     x = torch.randn(batch, steps, 5) * 20
     x[..., 2:] = torch.eye(3)[torch.randint(0, 2, (batch, steps))]
@@ -50,16 +56,18 @@ def random_stroke5(batch: int, steps: int) -> torch.Tensor:
 
 def test_encoder_equals_a_bidirectional_lstm_over_packed_sequences() -> None:
     enc = Encoder(TINY)
-    enc.scale.fill_(20.0)
+    buffer(enc, "scale").fill_(20.0)
     bi = nn.LSTM(5, TINY.enc_hidden, batch_first=True, bidirectional=True)
     with torch.no_grad():
         for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
             getattr(bi, name).copy_(getattr(enc.forward_lstm, name))
             getattr(bi, name + "_reverse").copy_(getattr(enc.backward_lstm, name))
     x, lengths = random_stroke5(4, 15), torch.tensor([15, 3, 9, 1])
-    packed = nn.utils.rnn.pack_padded_sequence(normalize(x, enc.scale), lengths, batch_first=True, enforce_sorted=False)
+    packed = nn.utils.rnn.pack_padded_sequence(
+        normalize(x, buffer(enc, "scale")), lengths, batch_first=True, enforce_sorted=False
+    )
     _, (h, _) = bi(packed)
-    xn = normalize(x, enc.scale)
+    xn = normalize(x, buffer(enc, "scale"))
     ours = torch.cat(
         [
             at_step(enc.forward_lstm(xn)[0], lengths - 1),
@@ -92,7 +100,7 @@ def test_mixture_nll_matches_torch_distributions() -> None:
 
 def test_greedy_sampling_ignores_noise_and_ends_with_end_rows() -> None:
     dec = Decoder(TINY).eval()
-    dec.scale.fill_(20.0)
+    buffer(dec, "scale").fill_(20.0)
     z = torch.randn(3, TINY.latent_size)
     a, la = dec.sample(z, torch.rand(3, 25, 4), 0.0)
     b, lb = dec.sample(z, torch.rand(3, 25, 4), 0.0)
@@ -133,7 +141,7 @@ def test_schedules_follow_the_paper() -> None:
         (lambda: TrainConfig(kl_decay_rate=1.5), "kl_decay_rate"),
     ],
 )
-def test_impossible_hyperparameters_are_rejected(cfg, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_impossible_hyperparameters_are_rejected(cfg, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         cfg().validate()
 
@@ -156,7 +164,7 @@ def test_layer_norm_cell_with_recurrent_dropout_trains_and_is_deterministic_in_e
 def assert_encoder_ignores_padding_and_scripts(cfg: ModelConfig) -> Encoder:
     """Junk in padding rows, or no padding at all, gives the same mu; so does the scripted encoder."""
     enc = Encoder(cfg.validate())
-    enc.scale.fill_(20.0)
+    buffer(enc, "scale").fill_(20.0)
     batch, lengths = random_stroke5(3, 12), torch.tensor([12, 5, 8])
     mu, _ = enc(batch, lengths)
     junk = batch.clone()
@@ -198,7 +206,7 @@ def test_length_conditioned_decoder_ignores_padding_scripts_and_draws_its_target
     model = SketchRNN(cfg).eval()
     model.set_scale(20.0)
     model.set_typical_length(7.4)
-    assert model.decoder.rnn.lstm.input_size == 5 + 2 + cfg.latent_size
+    assert cast(nn.LSTM, model.decoder.rnn.lstm).input_size == 5 + 2 + cfg.latent_size
     x, lengths = random_stroke5(2, 12), torch.tensor([12, 5])
     noisy = x.clone()
     noisy[1, 5:] = torch.randn(7, 5)
@@ -255,7 +263,7 @@ def test_oriented_encoder_reads_real_drawings_the_same_whichever_way_each_stroke
         **{**TINY.__dict__, "encoder_strokes": "oriented", "encoder_input": "offsets+positions"}
     ).validate()
     enc = Encoder(cfg).eval()
-    enc.scale.fill_(20.0)
+    buffer(enc, "scale").fill_(20.0)
     scripted = script_module(enc)
     mu_a, _ = scripted(torch.from_numpy(a.x), lengths)
     mu_b, _ = scripted(torch.from_numpy(b.x), lengths)

@@ -16,7 +16,7 @@ teach the decoder to stay ended, which sampling never asks of it).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -167,10 +167,11 @@ class FusedLSTM(nn.Module):
     def __init__(self, input_size: int, hidden: int) -> None:
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden, batch_first=True)
+        bias_hh, bias_ih = cast(Tensor, self.lstm.bias_hh_l0), cast(Tensor, self.lstm.bias_ih_l0)
         with torch.no_grad():
-            self.lstm.bias_hh_l0.zero_()
-            self.lstm.bias_ih_l0.zero_()
-            self.lstm.bias_ih_l0[hidden : 2 * hidden].fill_(FORGET_BIAS)
+            bias_hh.zero_()
+            bias_ih.zero_()
+            bias_ih[hidden : 2 * hidden].fill_(FORGET_BIAS)
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> CellOutput:
         # cuDNN wants contiguous states; h and c are often views (halves of the decoder's initial state).
@@ -347,7 +348,6 @@ class Decoder(nn.Module):
     """
 
     __constants__ = ["num_mixtures", "dec_hidden", "pen_states", "pen_end", "with_length"]
-
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.pen_states = PEN_STATES
@@ -357,10 +357,11 @@ class Decoder(nn.Module):
         self.with_length = cfg.decoder_condition == "latent+length"
         self.init_state = nn.Linear(cfg.latent_size, 2 * cfg.dec_hidden)
         width = STROKE5 + (LENGTH_FEATURES if self.with_length else 0) + cfg.latent_size
-        if cfg.cell == "layer_norm":
-            self.rnn = LayerNormLSTM(width, cfg.dec_hidden, cfg.recurrent_dropout)
-        else:
-            self.rnn = FusedLSTM(width, cfg.dec_hidden)
+        self.rnn = (
+            LayerNormLSTM(width, cfg.dec_hidden, cfg.recurrent_dropout)
+            if cfg.cell == "layer_norm"
+            else FusedLSTM(width, cfg.dec_hidden)
+        )
         self.head = nn.Linear(cfg.dec_hidden, PARAMS_PER_COMPONENT * cfg.num_mixtures + PEN_STATES)
         self.register_buffer("scale", torch.ones(()))
         if self.with_length:

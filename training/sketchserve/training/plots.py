@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
