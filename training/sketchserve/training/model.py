@@ -16,7 +16,7 @@ teach the decoder to stay ended, which sampling never asks of it).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -302,6 +302,9 @@ class Encoder(nn.Module):
     3-4x slower than its padded one.
     """
 
+    if TYPE_CHECKING:  # buffers, declared for the type checker only (TorchScript infers their types)
+        scale: Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.with_positions = cfg.encoder_input == "offsets+positions"
@@ -348,6 +351,10 @@ class Decoder(nn.Module):
     """
 
     __constants__ = ["num_mixtures", "dec_hidden", "pen_states", "pen_end", "with_length"]
+    if TYPE_CHECKING:  # buffers, declared for the type checker only (TorchScript infers their types)
+        scale: Tensor
+        typical_length: Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.pen_states = PEN_STATES
