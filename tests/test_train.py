@@ -217,6 +217,17 @@ def test_a_signal_between_evaluations_checkpoints_the_stopped_step_and_resume_co
     assert same_weights(weights(run), weights(straight))
 
 
+@pytest.mark.slow
+def test_evaluations_and_checkpoints_have_their_own_cadence(faces: Path, tmp_path: Path) -> None:
+    evaluated, saved = tmp_path / "evaluated", tmp_path / "saved"
+    common = ["--data", str(faces), "--max-steps", "4", "--seed", "4"]
+    train([*common, "--out", str(evaluated), "--eval-every", "2", "--checkpoint-every", "1000"])
+    train([*common, "--out", str(saved), "--eval-every", "1000", "--checkpoint-every", "2"])
+    assert [r["step"] for r in evals(evaluated)] == [2, 4]  # evaluations every 2 steps
+    assert [r["step"] for r in evals(saved)] == [4]  # checkpoints every 2 steps evaluate nothing (4: the end's)
+    assert same_weights(weights(evaluated), weights(saved))  # neither changes the training
+
+
 def test_a_second_ctrl_c_interrupts_at_once_and_the_handlers_are_restored() -> None:
     from sketchserve.training.train import StopSignals
 
