@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from sketchserve.training.checkpoint import CHECKPOINT, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-STEPS = 6
+STEPS = 12  # room for a stopped run to stop before it (test_sigterm_...)
 LOG_EVERY = 2
 TORCHRUN_TIMEOUT_S = 240
 PROBE = Path(__file__).with_name("ddp_probe.py")
@@ -63,7 +64,7 @@ def test_two_cpu_processes_train_together_and_only_rank_0_writes(straight: tuple
     assert ckpt["step"] == STEPS and len(ckpt["rng"]) == 2
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
-    assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == list(range(3, STEPS + 1, 3))
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "ckpt.pt", "loss.png", "metrics.jsonl"]
 
 
@@ -81,6 +82,29 @@ def test_a_resumed_two_process_run_draws_on_every_rank_what_an_uninterrupted_one
     assert all(torch.equal(resumed["model"][k], uninterrupted["model"][k]) for k in uninterrupted["model"])
     for ours, theirs in zip(resumed["rng"], uninterrupted["rng"]):
         assert ours["numpy"] == theirs["numpy"] and torch.equal(ours["torch"], theirs["torch"])
+
+
+def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step_with_a_checkpoint_that_resumes_exactly(
+    faces: Path, straight: tuple[Path, str], tmp_path: Path
+) -> None:
+    run = tmp_path / "stopped"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += train_flags(faces, run, 100_000)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "step 1 done" in line:  # rank 0 finished a step (the ranks step together)
+                break
+        proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+        rest = proc.stderr.read()
+        proc.wait(timeout=TORCHRUN_TIMEOUT_S)  # torchrun itself exits 1 on a signal, whatever its ranks did
+    assert rest.count("SIGTERM: stopping after this step") == 2, rest[-3000:]
+    stopped = load_checkpoint(run / CHECKPOINT)
+    assert 1 <= stopped["step"] < STEPS and len(stopped["rng"]) == 2, stopped["step"]
+    torchrun(*train_flags(faces, run, STEPS), "--resume")
+    resumed, uninterrupted = load_checkpoint(run / CHECKPOINT), load_checkpoint(straight[0] / CHECKPOINT)
+    assert all(torch.equal(resumed["model"][k], uninterrupted["model"][k]) for k in uninterrupted["model"])
 
 
 def test_resuming_with_another_number_of_processes_is_refused(straight: tuple[Path, str], tmp_path: Path) -> None:
