@@ -65,6 +65,7 @@ def trained(faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_a_tiny_model_lowers_its_validation_loss_on_real_faces(trained: Path) -> None:
     records = evals(trained)
     assert [r["step"] for r in records] == [20, 40]
@@ -75,6 +76,7 @@ def test_a_tiny_model_lowers_its_validation_loss_on_real_faces(trained: Path) ->
     assert "--max-steps 40" in ckpt["spec"]["command"] and (trained / BEST).is_file()
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_one(faces: Path, trained: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     common = ["--data", str(faces), "--out", str(run), "--eval-every", "20", "--seed", "3"]
@@ -88,6 +90,7 @@ def test_resumed_run_equals_an_uninterrupted_one(faces: Path, trained: Path, tmp
     assert "--max-steps 20" in command and command.endswith("--max-steps 40 --resume")
 
 
+@pytest.mark.slow
 def test_export_then_sample_end_to_end(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
     assert export_main([str(trained), "--out", str(model_dir), "--name", "face-tiny", "--version", "7"]) == 0
@@ -110,6 +113,7 @@ def test_export_then_sample_end_to_end(trained: Path, data_dir: Path, tmp_path: 
     assert sample_main(argv) == 0 and out.with_suffix(".ndjson").read_text() == first
 
 
+@pytest.mark.slow
 def test_export_replaces_an_artifact_only_when_forced_and_signs_it(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -158,6 +162,7 @@ def test_cli_error_from_a_real_process_has_no_traceback(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_dry_run_reports_speed_and_writes_nothing(
     faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -166,6 +171,7 @@ def test_dry_run_reports_speed_and_writes_nothing(
     assert "steps/s" in capsys.readouterr().out and not run.exists()
 
 
+@pytest.mark.slow
 def test_model_card_figures(trained: Path, faces: Path, tmp_path: Path) -> None:
     from sketchserve.training.figures import make_figures
 
@@ -306,6 +312,7 @@ def test_sketchserve_without_a_command_prints_usage_and_exits_2(capsys: pytest.C
     assert main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: sketchserve COMMAND")
 
 
+@pytest.mark.slow
 def test_export_records_which_checkpoint_it_took(trained: Path, tmp_path: Path) -> None:
     for which, expected in (("best", "lowest validation loss"), ("last", "last checkpoint")):
         out = tmp_path / which
