@@ -71,7 +71,7 @@ def pack(drawings: Sequence[Drawing], ids: Sequence[str] = ()) -> PackedSketches
     )
 
 
-def _counts(values: Sequence[int], field: str) -> np.ndarray:
+def _counts(values: Sequence[int] | np.ndarray, field: str) -> np.ndarray:
     counts = np.asarray(values, dtype=COUNT_DTYPE).reshape(-1)
     if len(counts) and counts.min() < 1:
         index = int(np.argmax(counts < 1))

@@ -114,16 +114,16 @@ def choose_k(codes: np.ndarray, ks: Sequence[int], *, random_state: int, n_init:
     scores = [
         KScore(k, silhouette(codes, f.labels, random_state=random_state), f.inertia) for k, f in zip(usable, fits)
     ]
-    scored = [i for i, s in enumerate(scores) if s.silhouette is not None]
-    if not scored:
+    defined = {i: s.silhouette for i, s in enumerate(scores) if s.silhouette is not None}
+    if not defined:
         best = 0
         reason = f"silhouette is undefined for every k tried; kept k={usable[0]}"
     else:
-        best = max(scored, key=lambda i: (scores[i].silhouette, -scores[i].k))
-        runner = sorted((scores[i].silhouette for i in scored), reverse=True)
+        best = max(defined, key=lambda i: (defined[i], -scores[i].k))
+        runner = sorted(defined.values(), reverse=True)
         margin = runner[0] - runner[1] if len(runner) > 1 else 0.0
         reason = (
-            f"k={scores[best].k}: the highest mean silhouette ({scores[best].silhouette:.3f}) "
+            f"k={scores[best].k}: the highest mean silhouette ({defined[best]:.3f}) "
             f"of k in {usable[0]}..{usable[-1]}, {margin:.3f} above the next best"
         )
     return KSelection(fit=fits[best], scores=scores, reason=reason)
