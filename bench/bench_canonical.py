@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_canonical.py [--data ../shared/data] [--model models/face] [--decoded 1000]
 
-Prints four groups of figures (docs/benchmarks.md, "Canonical form", records them):
+Prints five groups of figures (docs/benchmarks.md, "Canonical form", records them):
 
 - agreement of ``canonicalize(raw)`` with Google's simplified twin: identical, and with the
   twin's point count in every stroke, out of the raw drawings that have one (266);
@@ -13,8 +13,11 @@ Prints four groups of figures (docs/benchmarks.md, "Canonical form", records the
   scaled, cast to float32, or replaced by its canonical form, preprocessed and encoded; the
   largest move of ``mu`` against the goal (``MU_GOAL`` of the median distance between two
   faces' ``mu``), and how many faces change their nearest cluster;
+- issue 12: how many simplified drawings are longer than the model's ``max_seq_len`` after
+  preprocessing, and how many still are after ``fit_stroke3_many`` (0);
 - the cost of the 100,000-point zigzag of issue 14 (rejected by the point caps before any
-  work) and of the worst zigzag the caps accept.
+  work) and of the worst zigzags the caps accept, preprocessed alone and fitted as the
+  server does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,6 +90,12 @@ class MuMove:
     cluster_changes: int  # faces whose nearest cluster differs from the original's
 
 
+def pairwise_median(mu: np.ndarray) -> float:
+    """The median Euclidean distance between two rows of ``mu``."""
+    pairwise = np.sqrt(((mu[:, None, :] - mu[None, :, :]) ** 2).sum(axis=2))
+    return float(np.median(pairwise[np.triu_indices(len(mu), k=1)]))
+
+
 def mu_moves(runtime: SketchRuntime, faces: Sequence[strokes.Drawing]) -> list[MuMove]:
     """How far each transformation moves the served ``mu`` of ``faces`` (preprocess, then encode)."""
     table = runtime.clusters
@@ -96,8 +106,7 @@ def mu_moves(runtime: SketchRuntime, faces: Sequence[strokes.Drawing]) -> list[M
         return runtime.encode_stroke3(strokes.preprocess_many(drawings), progress=False).astype(np.float64)
 
     reference = encode(faces)
-    pairwise = np.sqrt(((reference[:, None, :] - reference[None, :, :]) ** 2).sum(axis=2))
-    goal = MU_GOAL * float(np.median(pairwise[np.triu_indices(len(faces), k=1)]))
+    goal = MU_GOAL * pairwise_median(reference)
     clusters = table.assign(reference)
     moves = []
     for name, transform in transformations():
@@ -136,6 +145,11 @@ def zigzag(points: int) -> strokes.Drawing:
     """Issue 14's adversarial stroke: ``points`` points alternating between y = 0 and y = 255."""
     n = np.arange(points)
     return [np.column_stack([np.linspace(0.0, 255.0, points), np.where(n % 2 == 0, 0.0, 255.0)])]
+
+
+def _served(drawing: strokes.Drawing, max_len: int) -> list[strokes.Fitted]:
+    """What the server does to one drawing: preprocess, then fit to the model's maximum."""
+    return strokes.fit_stroke3_many(strokes.preprocess_many([drawing]), max_len)
 
 
 def _seconds(run: Callable[[], object]) -> float:
@@ -177,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         f"| {m.transformation} | {m.max_move:.4f} | {m.goal:.4f} | {m.cluster_changes} |"
         for m in mu_moves(runtime, faces)
     ]
+    max_len = runtime.manifest.max_seq_len
+    simplified_s3 = strokes.preprocess_many(simplified)
+    fitted = strokes.fit_stroke3_many(simplified_s3, max_len)
+    out.append(
+        f"longer than max_seq_len={max_len} after preprocessing: {sum(f.further for f in fitted)} of "
+        f"{len(fitted)} simplified drawings; after fitting: {sum(len(f.stroke3) > max_len for f in fitted)}"
+    )
     capped = zigzag(strokes.MAX_STROKE_POINTS)
     worst = capped * (strokes.MAX_DRAWING_POINTS // strokes.MAX_STROKE_POINTS)
     for label, drawing in (
@@ -184,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         (f"zigzag of {strokes.MAX_STROKE_POINTS:,} points (the stroke cap)", capped),
         (f"{len(worst)} such strokes (the drawing cap)", worst),
     ):
-        out.append(f"{label}: {_seconds(lambda d=drawing: strokes.preprocess(d)):.3f} CPU s")
+        out.append(
+            f"{label}: preprocess {_seconds(partial(strokes.preprocess, drawing)):.3f} CPU s, "
+            f"and fitted to {max_len} rows {_seconds(partial(_served, drawing, max_len)):.3f} CPU s"
+        )
     sys.stdout.write("\n".join(out) + "\n")
     return 0
 

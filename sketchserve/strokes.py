@@ -72,14 +72,32 @@ cannot take the wrong extent (a non-integer ``y * e / e'`` misses an integer by 
 least 1/255), so a canonical form shifted, scaled by any factor and rounded to
 float32 canonicalizes to itself at the top-left, the same stroke-3.
 
-Other drawings do not depend on their position or size either: after step 2 the
-coordinates are snapped to a 2^-20 (about 1e-6) grid (``SNAP_GRID``), so a
-shifted or uniformly scaled copy (whose float64 values differ from the original's
-by rounding noise only) continues as the bit-identical array. Float32 rounding of
-such a copy (~3e-5) is larger than the grid and can still cross a threshold of
-steps 3-5: through the bundled face model it moves ``mu`` by up to 3.3% of the
-median distance between two faces (bench/bench_canonical.py). Every step works on
-each drawing independently, so a result does not depend on the batch.
+**Copies of integer drawings** (issue 17 item 2): before anything else, a drawing
+that is a shifted, uniformly scaled and possibly float32-rounded copy of an integer
+drawing is replaced by that integer drawing, aligned at 0 and divided by the gcd
+of its coordinates (``_on_lattice``). Real inputs are integers (Quick, Draw! raw
+and simplified pixels, the int16 offsets of the sketch-rnn ``.npz`` files), so
+every position, scale and precision of a real drawing continues from the same
+exact integers and gives the bit-identical canonical form. An integer drawing
+takes an exact path (its gcd). Any other is searched for the smallest integer
+extent ``e <= MAX_LATTICE_EXTENT`` (2,048) at which all its aligned points, times
+``e`` over its extent, lie within float32 noise of integers: ``LATTICE_HALF_ULPS``
+(16) float32 half-ulps of its largest |coordinate|, at most ``MAX_LATTICE_TOLERANCE``
+(0.05 units of the integer drawing). Candidate extents are tried on up to 8
+distinct coordinates, then on all points (the first ``LATTICE_VERIFIED`` that pass
+the probes). Drawings off every such lattice (decoder outputs, drawings of extent
+over 2,048 after a float32 round trip, a shift so large that float32 lost the
+units) continue from their own float points: after step 2 their coordinates are
+snapped to a 2^-20 (about 1e-6) grid (``SNAP_GRID``), so a shifted or uniformly
+scaled float64 copy continues as the bit-identical array, but a float32 copy can
+still cross a threshold of steps 3-5. A non-lattice drawing that happens to lie
+within the tolerance of a lattice is moved onto it: by at most 16 half-ulps of
+its largest |coordinate| (2.4e-4 canonical units times largest |coordinate| over
+extent), far below the rounding of step 5. Through the bundled face model every
+shift, scale in [0.01, 100], float32 rounding and canonical-form copy of the
+300 test and validation faces of ``face.npz`` gives exactly the face's ``mu``
+(bench/bench_canonical.py). Every step works on each drawing independently, so
+a result does not depend on the batch.
 
 Degenerate inputs: consecutive repeated points of a stroke count once; a
 stroke whose points are all equal (a single point, or a tap) becomes a dot of
@@ -89,9 +107,25 @@ maps every point to ``(0, 0)`` (no division by zero, no NaN).
 
 Bounded cost (issue 14): RDP is quadratic on adversarial strokes (a zigzag peels
 one point per pass), so ``canonicalize`` and ``preprocess`` refuse, before any
-work, a stroke of more than ``MAX_STROKE_POINTS`` raw points or a drawing of
-more than ``MAX_DRAWING_POINTS`` (``InvalidDrawingError`` naming the drawing and
-the stroke). The worst accepted drawing costs under half a CPU-second.
+work, a stroke of more than ``MAX_STROKE_POINTS`` (512) raw points or a drawing
+of more than ``MAX_DRAWING_POINTS`` (2,048) (``InvalidDrawingError`` naming the
+drawing and the stroke; ``check_point_caps`` for callers that validate first).
+The raw Quick, Draw! data has at most 335 and 634. The worst accepted drawing,
+preprocessed and fitted to a model's maximum, costs about 0.15 CPU-seconds.
+
+**Fitting to a model's maximum** (issue 12 item 2, ``fit_stroke3_many``): a model
+takes at most ``max_seq_len`` stroke-3 rows. ``C_max(x)`` is ``preprocess(x)`` when
+that fits; else it is simplified further, deterministically: RDP on the canonical
+form at the first epsilon of ``fit_epsilons()`` (2.5, then x1.25 each step up to
+the 0-255 box's diagonal) that keeps at most ``max_len + 1`` points and whose
+``preprocess`` fits; when even two points a stroke are too many, the
+``max_len // 2`` longest strokes (arc length) are kept as their end points. The
+result is a canonical form that fits, so ``C_max`` is a projection as ``C`` is.
+One RDP tree at epsilon 0 (``_rdp_thresholds``: each point's least split distance
+on its path) gives RDP's result at every epsilon, so fitting costs one tree. On
+the 8,600 simplified drawings, 113 are longer than 128 rows after preprocessing;
+fitted, none is. The server and ``sketchserve cluster``/``gallery``/``sample
+--around`` fit; training's own data filtering does not.
 
 Agreement with Google: on the 266 drawings of ``../shared/data/raw/`` whose
 simplified twin is present, the canonical form has the twin's point count in
@@ -131,11 +165,30 @@ MIN_CANONICAL_EXTENT = 240
 # 1 / (2 * 255), the least by which a non-integer y * e / e' (integers, e' <= 255) misses an integer
 INTEGER_TOLERANCE = 1e-3
 # raw points canonicalization accepts per stroke and per drawing, checked before any work: they bound RDP's
-# quadratic worst case (a zigzag peels one point per pass); the raw Quick, Draw! data has <= 335 and <= 634
-MAX_STROKE_POINTS = 2048
-MAX_DRAWING_POINTS = 8192
+# quadratic worst case (a zigzag peels one point per pass) to ~0.15 CPU s with fitting (bench/bench_canonical.py);
+# the raw Quick, Draw! data has <= 335 and <= 634
+MAX_STROKE_POINTS = 512
+MAX_DRAWING_POINTS = 2048
+# recognizing a shifted, scaled, float32-rounded copy of an integer drawing (issue 17): the largest integer extent
+# searched for (real inputs are integer pixels: the raw Quick, Draw! data spans <= 1,448 in face.npz), and the noise
+# allowed, in float32 half-ulps of the input's largest |coordinate| (one rounding of each value, and of the shift and
+# the extent they are measured from, leave < 4; 16 leaves margin for a client that rounds twice)
+MAX_LATTICE_EXTENT = 2048
+LATTICE_HALF_ULPS = 16.0
+FLOAT32_HALF_ULP = 2.0**-24
+# noise allowed on a lattice point, in units of the integer drawing, at most: well below 1/2, so that no point can
+# round to the wrong integer; an input noisier than this (a huge shift) is not recognized
+MAX_LATTICE_TOLERANCE = 0.05
+LATTICE_PROBES = 8  # distinct coordinates each candidate extent is tried on before all points are checked
+LATTICE_VERIFIED = 4  # candidate extents checked on all points before a drawing counts as off every lattice
+MAX_EXACT_INTEGER = 2.0**31  # integer inputs up to this aligned extent take the exact (gcd) path
 MAX_CUMSUM_TABLE = 2**22  # cells (32 MiB) of the padded per-stroke cumsum table before falling back to a loop
 CHUNK_DRAWINGS = 256  # drawings processed together: amortizes numpy calls, bounds the padded cumsum buffer
+# fitting a drawing to a model's maximum (``fit_stroke3_many``): each further simplification's RDP epsilon is this
+# factor times the previous one, starting from RDP_EPSILON; fine enough that a drawing just over the maximum loses
+# little (the shared data's longest need <= 3x), and <= 25 steps to the epsilon that leaves two points a stroke
+FIT_EPSILON_GROWTH = 1.25
+FIT_MAX_EPSILON = CANONICAL_SIZE * 2.0**0.5  # the 0-255 box's diagonal: RDP keeps only each stroke's end points
 START_TOKEN = (0.0, 0.0, 1.0, 0.0, 0.0)  # stroke-5 start-of-sequence row the model prepends
 END_ROW = (0.0, 0.0, 0.0, 0.0, 1.0)  # stroke-5 padding row after the drawing's last point
 PEN_LIFTED_THRESHOLD = 0.5  # stroke-3 pen values above this count as lifted (tolerates float inputs)
@@ -193,7 +246,7 @@ def _checked_batch(drawings: Sequence[Sequence[np.ndarray]]) -> list[Drawing]:
     checked = []
     for index, drawing in enumerate(drawings):
         try:
-            checked.append(_within_point_caps(_checked_strokes(drawing, check_finite=False)))
+            checked.append(check_point_caps(_checked_strokes(drawing, check_finite=False)))
         except InvalidDrawingError as err:
             raise InvalidDrawingError(err.field, err.message, index) from None
     if checked and not np.isfinite(np.concatenate([s for d in checked for s in d])).all():
@@ -205,7 +258,7 @@ def _checked_batch(drawings: Sequence[Sequence[np.ndarray]]) -> list[Drawing]:
     return checked
 
 
-def _within_point_caps(drawing: Drawing) -> Drawing:
+def check_point_caps(drawing: Drawing) -> Drawing:
     """``drawing``, unless a stroke or the whole has more raw points than canonicalization accepts."""
     for index, stroke in enumerate(drawing):
         if len(stroke) > MAX_STROKE_POINTS:
@@ -367,49 +420,57 @@ def _resample_candidates(points: np.ndarray, stroke_lengths: np.ndarray) -> _Str
 
 
 def _rdp_keep(points: np.ndarray, stroke_lengths: np.ndarray, epsilon: float) -> np.ndarray:
+    """(P,) bool: the points Ramer-Douglas-Peucker at ``epsilon`` keeps in every stroke."""
+    return _rdp_thresholds(points, stroke_lengths, epsilon) > epsilon
+
+
+def _rdp_thresholds(points: np.ndarray, stroke_lengths: np.ndarray, epsilon: float) -> np.ndarray:
     """Ramer-Douglas-Peucker on every stroke at once, one tree level per pass.
 
     Each pass takes every open chord ``(a, b)`` of every stroke, measures the
     distance of the points between them to the line through the chord, and
     splits the chords whose farthest point (the first, on ties) lies farther
-    than ``epsilon`` at that point.
+    than ``epsilon`` at that point. The farthest point does not depend on
+    epsilon, only whether it splits, so one tree serves every larger epsilon:
+    each point's threshold is the least split distance on its path from the
+    stroke's chord (end points: infinity; points never split: 0), and RDP at any
+    ``e >= epsilon`` keeps exactly the points whose threshold exceeds ``e``.
     """
     x, y = np.ascontiguousarray(points[:, 0]), np.ascontiguousarray(points[:, 1])
     starts = _starts(stroke_lengths)
     ends = starts + stroke_lengths - 1
-    keep = np.zeros(len(points), dtype=bool)
-    keep[starts] = True
-    keep[ends] = True
+    thresholds = np.zeros(len(points))
+    thresholds[starts] = np.inf
+    thresholds[ends] = np.inf
     a, b = starts[stroke_lengths >= 3], ends[stroke_lengths >= 3]
+    bound = np.full(len(a), np.inf)
     while a.size:
         counts = b - a - 1
         offsets = np.cumsum(counts) - counts
-        idx = np.repeat(a + 1 - offsets, counts) + np.arange(int(counts.sum()))
+        owner = np.repeat(np.arange(len(a)), counts)
+        idx = (a + 1 - offsets)[owner] + np.arange(len(owner))
         ax, ay = x[a], y[a]
         chord_x, chord_y = x[b] - ax, y[b] - ay
-        rel_x = x[idx] - np.repeat(ax, counts)
-        rel_y = y[idx] - np.repeat(ay, counts)
+        rel_x = x[idx] - ax[owner]
+        rel_y = y[idx] - ay[owner]
         chord_len = np.hypot(chord_x, chord_y)
         degenerate = chord_len == 0
-        cross = np.abs(np.repeat(chord_x, counts) * rel_y - np.repeat(chord_y, counts) * rel_x)
-        dist = cross / np.repeat(np.where(degenerate, 1.0, chord_len), counts)
+        dist = np.abs(chord_x[owner] * rel_y - chord_y[owner] * rel_x) / np.where(degenerate, 1.0, chord_len)[owner]
         if degenerate.any():
-            at_point = np.repeat(degenerate, counts)
+            at_point = degenerate[owner]
             dist[at_point] = np.hypot(rel_x[at_point], rel_y[at_point])
         peak = np.maximum.reduceat(dist, offsets)
         split = peak > epsilon
-        candidates = np.flatnonzero((dist == np.repeat(peak, counts)) & np.repeat(split, counts))
-        first = np.ones(len(candidates), dtype=bool)
-        first[1:] = np.searchsorted(offsets, candidates[1:], side="right") != np.searchsorted(
-            offsets, candidates[:-1], side="right"
-        )
-        mids = idx[candidates[first]]
-        keep[mids] = True
+        at_peak = np.where(dist == peak[owner], idx, len(points))
+        mids = np.minimum.reduceat(at_peak, offsets)[split]
+        inherited = np.minimum(bound[split], peak[split])
+        thresholds[mids] = inherited
         new_a = np.concatenate((a[split], mids))
         new_b = np.concatenate((mids, b[split]))
+        new_bound = np.concatenate((inherited, inherited))
         wide = new_b - new_a >= 2
-        a, b = new_a[wide], new_b[wide]
-    return keep
+        a, b, bound = new_a[wide], new_b[wide], new_bound[wide]
+    return thresholds
 
 
 def _point_counts(stroke_lengths: np.ndarray, drawing_strokes: np.ndarray) -> np.ndarray:
@@ -509,17 +570,68 @@ def _canonical_forms(flat: _Flat) -> _Flat:
     return _Flat(_with_position(stable, forms.points), stable.stroke_lengths, stable.drawing_strokes)
 
 
+def _primitive(integers: np.ndarray, point_counts: np.ndarray) -> np.ndarray:
+    """Aligned integer drawings, each divided by the gcd of its coordinates (unchanged when all are 0)."""
+    divisors = np.gcd.reduceat(np.gcd.reduce(integers.astype(np.int64), axis=1), _starts(point_counts))
+    return integers / np.repeat(np.maximum(divisors, 1), point_counts)[:, None]
+
+
+def _lattice_extent(aligned: np.ndarray, scale: float, tolerance_per_unit: float) -> int:
+    """The smallest integer extent ``e <= MAX_LATTICE_EXTENT`` at which every aligned point times ``e / scale`` is
+    within ``tolerance_per_unit * e`` (at most ``MAX_LATTICE_TOLERANCE``) of an integer; 0 when there is none."""
+    ratios = aligned.ravel() / scale
+    distinct = np.unique(ratios[(ratios > 0) & (ratios < 1)])
+    extents = np.arange(1, MAX_LATTICE_EXTENT + 1, dtype=np.float64)
+    tolerances = np.minimum(tolerance_per_unit * extents, MAX_LATTICE_TOLERANCE)
+    probes = distinct[np.linspace(0, len(distinct) - 1, min(len(distinct), LATTICE_PROBES)).astype(np.int64)]
+    scaled = probes[None, :] * extents[:, None]
+    fits = (np.abs(scaled - np.round(scaled)) <= tolerances[:, None]).all(axis=1)
+    for extent in np.flatnonzero(fits)[:LATTICE_VERIFIED] + 1:
+        values = ratios * extent
+        if np.abs(values - np.round(values)).max() <= tolerances[extent - 1]:
+            return int(extent)
+    return 0
+
+
+def _on_lattice(flat: _Flat) -> np.ndarray:
+    """Every drawing that is a shifted, uniformly scaled (and float32-rounded) copy of an integer drawing, as that
+    integer drawing aligned at 0 with coprime coordinates, so that all such copies continue bit-identical; the
+    other drawings unchanged. Integer drawings take an exact path (divide by the gcd); others are searched for the
+    integer extent ``e <= MAX_LATTICE_EXTENT`` their points fit within float32 noise (``_lattice_extent``)."""
+    counts = _point_counts(flat.stroke_lengths, flat.drawing_strokes)
+    starts = _starts(counts)
+    mins = np.minimum.reduceat(flat.points, starts, axis=0)
+    aligned = flat.points - np.repeat(mins, counts, axis=0)
+    extent = np.maximum.reduceat(aligned, starts, axis=0).max(axis=1)
+    magnitude = np.maximum.reduceat(np.abs(flat.points), starts, axis=0).max(axis=1)
+    integral = np.minimum.reduceat((aligned == np.round(aligned)).all(axis=1).astype(np.int8), starts) == 1
+    exact = integral & (extent < MAX_EXACT_INTEGER)
+    result = np.where(np.repeat(exact, counts)[:, None], aligned, flat.points)
+    if exact.any():
+        result[np.repeat(exact, counts)] = _primitive(aligned[np.repeat(exact, counts)], counts[exact])
+    for index in np.flatnonzero(~exact & (extent > 0)).tolist():
+        rows = slice(int(starts[index]), int(starts[index] + counts[index]))
+        noise = LATTICE_HALF_ULPS * FLOAT32_HALF_ULP * magnitude[index] / extent[index]
+        found = _lattice_extent(aligned[rows], float(extent[index]), noise)
+        if found:
+            integers = np.round(aligned[rows] * (found / extent[index]))
+            result[rows] = _primitive(integers, np.array([len(integers)]))
+    return result
+
+
 def _canonical_flat(drawings: Sequence[Drawing]) -> _Flat:
-    flat = _flatten(drawings)
+    original = _flatten(drawings)
+    flat = _Flat(_on_lattice(original), original.stroke_lengths, original.drawing_strokes)
     normalized = _normalize(flat)
     counts = _point_counts(flat.stroke_lengths, flat.drawing_strokes)
     forms = _integer_forms(normalized, counts)
-    candidates = _Flat(forms.points, flat.stroke_lengths, flat.drawing_strokes)
-    taken = forms.found & _stable(candidates)
+    taken = forms.found.copy()
+    if taken.any():
+        taken[taken] = _stable(_select(flat, forms.points, taken))
     if taken.all():
-        return _Flat(_with_position(flat, forms.points), flat.stroke_lengths, flat.drawing_strokes)
+        return _Flat(_with_position(original, forms.points), flat.stroke_lengths, flat.drawing_strokes)
     simplified = _canonical_forms(_google_simplification(_select(flat, normalized, ~taken)))
-    result = _unflatten(_Flat(_with_position(flat, forms.points), flat.stroke_lengths, flat.drawing_strokes))
+    result = _unflatten(_Flat(_with_position(original, forms.points), flat.stroke_lengths, flat.drawing_strokes))
     for index, drawing in zip(np.flatnonzero(~taken).tolist(), _unflatten(simplified)):
         result[index] = drawing
     return _flatten(result)
@@ -592,6 +704,61 @@ def preprocess_many(drawings: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray
     """``preprocess`` of every drawing, vectorized across the batch; same results."""
     checked = _checked_batch(drawings)
     return [s3 for chunk in _chunks(checked) for s3 in _flat_to_stroke3(_canonical_flat(chunk))]
+
+
+class Fitted(NamedTuple):
+    """A canonical stroke-3 fitted to a model's maximum; ``further``: it was simplified further to fit."""
+
+    stroke3: np.ndarray
+    further: bool
+
+
+def fit_epsilons() -> list[float]:
+    """The RDP tolerances ``fit_stroke3_many`` tries, in order, ending at ``FIT_MAX_EPSILON``."""
+    steps = int(np.ceil(np.log(FIT_MAX_EPSILON / RDP_EPSILON) / np.log(FIT_EPSILON_GROWTH)))
+    return [min(RDP_EPSILON * FIT_EPSILON_GROWTH**k, FIT_MAX_EPSILON) for k in range(1, steps + 1)]
+
+
+def _longest_strokes(drawing: Drawing, count: int) -> Drawing:
+    """The ``count`` strokes of greatest arc length (the earlier on ties), in drawing order."""
+    lengths = [float(np.hypot(*np.diff(stroke, axis=0).T).sum()) for stroke in drawing]
+    chosen = sorted(sorted(range(len(drawing)), key=lambda i: -lengths[i])[:count])
+    return [drawing[i] for i in chosen]
+
+
+def _fit_one(s3: np.ndarray, max_len: int) -> np.ndarray:
+    """``s3`` (canonical, longer than ``max_len``) simplified further: see ``fit_stroke3_many``."""
+    flat = _flatten([stroke3_to_drawing(s3)])
+    thresholds = _rdp_thresholds(flat.points, flat.stroke_lengths, 0.0)
+    for epsilon in fit_epsilons():
+        keep = thresholds > epsilon
+        if int(keep.sum()) - 1 > max_len:
+            continue
+        lengths = np.add.reduceat(keep, _starts(flat.stroke_lengths)).astype(np.int64)
+        candidate = preprocess(_unflatten(_Flat(flat.points[keep], lengths, flat.drawing_strokes))[0])
+        if len(candidate) <= max_len:
+            return candidate
+    ends = [stroke[[0, -1]] for stroke in _longest_strokes(_unflatten(flat)[0], max_len // 2)]
+    return preprocess(ends)
+
+
+def fit_stroke3_many(strokes3: Sequence[np.ndarray], max_len: int) -> list[Fitted]:
+    """``C_max``: canonical stroke-3 sketches (``preprocess_many``'s), each fitted to ``max_len`` rows.
+
+    A sketch of ``max_len`` rows or fewer is returned as it is. A longer one is
+    simplified further, deterministically: ``preprocess(RDP_eps(d))`` (``d`` its
+    drawing) at the first ``eps`` of ``fit_epsilons()`` where RDP keeps at most
+    ``max_len + 1`` points and the result fits. When even two points a stroke are
+    too many (more than ``max_len // 2`` strokes), the ``max_len // 2`` longest
+    strokes are kept as their two end points, which always fits. Every result is
+    a canonical form that fits, so it comes back unchanged: fitting is a
+    projection too, ``C_max(C_max(x)) == C_max(x)``. Cost: one RDP tree of the
+    canonical form (``_rdp_thresholds``) serves every epsilon; only candidates
+    that fit are canonicalized again.
+    """
+    if max_len < 2:
+        raise ValueError(f"max_len must be at least 2 (one stroke of two points), got {max_len}")
+    return [Fitted(s3, False) if len(s3) <= max_len else Fitted(_fit_one(s3, max_len), True) for s3 in strokes3]
 
 
 def stroke3_to_stroke5(s3: np.ndarray, max_len: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from sketchserve import strokes
 from sketchserve.strokes import InvalidDrawingError
 
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None)
+FACE_MAX_LEN = 128  # models/face's max_seq_len
 COORD = st.integers(min_value=-2000, max_value=2000)
 
 
@@ -342,12 +343,116 @@ def test_the_zigzag_is_refused_before_any_work() -> None:
         strokes.preprocess_many([zigzag(100_000)])
     assert caught.value.index == 0 and caught.value.field == "strokes[0]"
     too_many = zigzag(strokes.MAX_STROKE_POINTS) * (strokes.MAX_DRAWING_POINTS // strokes.MAX_STROKE_POINTS + 1)
-    with pytest.raises(InvalidDrawingError, match="more than the 8192 accepted"):
+    with pytest.raises(InvalidDrawingError, match=f"more than the {strokes.MAX_DRAWING_POINTS} accepted"):
         strokes.preprocess_many([too_many])
 
 
 def test_the_zigzag_at_the_cap_keeps_nearly_every_corner() -> None:
     """The worst accepted stroke (its cost is measured in bench/bench_canonical.py): RDP keeps
-    nearly every corner (2,031 rows: resampling cuts a few corners to within epsilon)."""
+    nearly every corner (507 of 511 rows: resampling cuts a few corners to within epsilon)."""
     s3 = strokes.preprocess(zigzag(strokes.MAX_STROKE_POINTS))
     assert strokes.MAX_STROKE_POINTS * 0.9 < len(s3) < strokes.MAX_STROKE_POINTS
+
+
+# --- copies of integer drawings (issue 17 item 2) -------------------------------
+
+LATTICE_COORD = st.integers(min_value=0, max_value=strokes.MAX_LATTICE_EXTENT)
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(st.lists(st.tuples(LATTICE_COORD, LATTICE_COORD), min_size=1, max_size=25), min_size=1, max_size=5),
+    st.floats(min_value=0.01, max_value=100.0),
+    st.tuples(st.floats(-5000, 5000), st.floats(-5000, 5000)),
+)
+def test_float32_copies_of_an_integer_drawing_are_that_drawing(points: list, scale: float, shift: tuple) -> None:
+    """Any integer drawing of extent <= MAX_LATTICE_EXTENT, shifted, scaled by a factor in
+    [0.01, 100] and rounded to float32, has the drawing's own canonical stroke-3."""
+    drawing = [np.array(stroke, dtype=np.float64) for stroke in points]
+    copy = [((s + np.array(shift)) * scale).astype(np.float32).astype(np.float64) for s in drawing]
+    assert np.array_equal(strokes.preprocess(copy), strokes.preprocess(drawing))
+
+
+def test_integer_multiples_and_copies_of_real_faces_are_the_faces(data_dir: Path) -> None:
+    from bench_canonical import face_drawings
+
+    faces = face_drawings(data_dir, ["test"])[:60]
+    reference = strokes.preprocess_many(faces)
+    shift = np.array([1234.5, -987.25])
+    copies = {"3x, integer": [[s * 3.0 for s in face] for face in faces]}
+    for scale in (0.01, 0.3, 3.0, 24.0, 100.0):
+        copies[f"shift, {scale}x, float32"] = [
+            [((s + shift) * scale).astype(np.float32).astype(np.float64) for s in face] for face in faces
+        ]
+    for name, drawings in copies.items():
+        assert all(np.array_equal(a, b) for a, b in zip(strokes.preprocess_many(drawings), reference)), name
+
+
+def test_a_drawing_off_every_lattice_goes_the_float_way() -> None:
+    """A drawing whose coordinates are no integer drawing's scaled copy (an irrational ratio) is
+    not snapped to a lattice: it is simplified from its own points, as before."""
+    off = [np.array([[0.0, 0.0], [np.sqrt(2.0), 1.0], [np.pi, np.e], [10.0, 3.0]])]
+    assert strokes._lattice_extent(off[0], 10.0, 1e-7) == 0
+    flat = strokes._flatten([off])
+    assert np.array_equal(strokes._on_lattice(flat), flat.points)
+
+
+# --- fitting to a model's maximum (issue 12 item 2) ------------------------------
+
+MAX_LEN = st.integers(min_value=2, max_value=40)
+
+
+@PROPERTY_SETTINGS
+@given(st.one_of(drawings(), stroke3s(FLOAT_OFFSET).map(strokes.stroke3_to_drawing)), MAX_LEN)
+def test_fitting_is_a_projection_onto_canonical_forms_that_fit(drawing: strokes.Drawing, max_len: int) -> None:
+    s3 = strokes.preprocess(drawing)
+    fitted = strokes.fit_stroke3_many([s3], max_len)[0]
+    assert len(fitted.stroke3) <= max_len
+    assert fitted.further == (len(s3) > max_len)
+    if not fitted.further:
+        assert fitted.stroke3 is s3
+    again = strokes.preprocess(strokes.stroke3_to_drawing(fitted.stroke3))
+    assert np.array_equal(again, fitted.stroke3)
+    refit = strokes.fit_stroke3_many([again], max_len)[0]
+    assert not refit.further and np.array_equal(refit.stroke3, fitted.stroke3)
+
+
+def test_fitting_keeps_the_longest_strokes_when_two_points_each_are_too_many() -> None:
+    lines = [np.array([[0.0, 10.0 * i], [10.0 + i, 10.0 * i]]) for i in range(20)]
+    fitted = strokes.fit_stroke3_many([strokes.preprocess(lines)], 10)[0]
+    kept = strokes.stroke3_to_drawing(fitted.stroke3)
+    assert fitted.further and len(kept) == 5 and len(fitted.stroke3) <= 10
+    widths = np.array([np.ptp(stroke[:, 0]) for stroke in kept])
+    assert np.allclose(widths / widths[-1], np.arange(25, 30) / 29, atol=0.03)  # lines 15-19 in order (rounded twice)
+
+
+def test_fitting_refuses_a_maximum_below_one_line() -> None:
+    with pytest.raises(ValueError, match="max_len must be at least 2"):
+        strokes.fit_stroke3_many([np.zeros((3, 3), dtype=np.float32)], 1)
+
+
+def test_every_shared_simplified_drawing_fits_the_face_model(data_dir: Path) -> None:
+    """Issue 12 item 2: of the 8,600 simplified drawings, 113 are longer than 128 rows
+    after preprocessing; fitted, none is, and each is its own fit."""
+    simplified = [
+        strokes.drawing_from_xy(xy)
+        for path in sorted((data_dir / "simplified").glob("*.ndjson"))
+        for _, xy in read_xy(path)
+    ]
+    fitted = strokes.fit_stroke3_many(strokes.preprocess_many(simplified), FACE_MAX_LEN)
+    assert sum(f.further for f in fitted) == 113
+    assert max(len(f.stroke3) for f in fitted) <= FACE_MAX_LEN
+    again = strokes.preprocess_many([strokes.stroke3_to_drawing(f.stroke3) for f in fitted])
+    refit = strokes.fit_stroke3_many(again, FACE_MAX_LEN)
+    assert not any(f.further for f in refit)
+    assert all(np.array_equal(a.stroke3, b.stroke3) for a, b in zip(fitted, refit))
+
+
+@PROPERTY_SETTINGS
+@given(drawings(min_points=3), st.lists(st.floats(min_value=0.0, max_value=3000.0), min_size=1, max_size=5))
+def test_one_rdp_tree_serves_every_epsilon(drawing: strokes.Drawing, epsilons: list[float]) -> None:
+    """The thresholds of the epsilon-0 tree give RDP's result at any epsilon (what fitting relies on)."""
+    flat = strokes._flatten([drawing])
+    thresholds = strokes._rdp_thresholds(flat.points, flat.stroke_lengths, 0.0)
+    for epsilon in epsilons:
+        assert np.array_equal(thresholds > epsilon, strokes._rdp_keep(flat.points, flat.stroke_lengths, epsilon))
