@@ -29,6 +29,8 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         assert flag_name(f.name).startswith("--")
     cfg = config_from_args([], {"SKETCHSERVE_MODEL_DIR": "/models/x", "SKETCHSERVE_PORT_FILE": "/tmp/p"})
     assert cfg.model_dir == Path("/models/x") and cfg.port_file == Path("/tmp/p")
+    assert config_from_args([], {}).too_long == "simplify"
+    assert config_from_args([], {"SKETCHSERVE_TOO_LONG": "refuse"}).too_long == "refuse"
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,7 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         ([], {"SKETCHSERVE_PORT": "eighty"}, "SKETCHSERVE_PORT='eighty'"),
         (["--max-queue", "4", "--max-sketches-per-request", "8"], {}, "must not exceed --max-queue"),
         (["--max-delay-ms", "-1"], {}, "--max-delay-ms must be >= 0"),
+        ([], {"SKETCHSERVE_TOO_LONG": "truncate"}, "--too-long must be simplify or refuse, got 'truncate'"),
     ],
 )
 def test_bad_values_are_refused_with_their_name(argv: list[str], env: dict[str, str], message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,6 +16,8 @@ from server_fixtures import (
     SHARED_MAX_SKETCHES,
     RunningServer,
     random_sketches,
+    running_server,
+    server_config,
 )
 
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
@@ -24,8 +27,6 @@ from sketchserve.server.errors import INTERNAL_MESSAGE, InvalidRequest, StatusIn
 pytestmark = pytest.mark.timeout(120)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-# A zig-zag that survives simplification with far more points than any model accepts.
-LONG_ZIGZAG_POINTS = 2000
 
 
 def stroke(x: list[float], y: list[float]) -> sketch_pb2.Stroke:
@@ -95,12 +96,24 @@ def test_encode_rejects_bad_input(shared_server: RunningServer, case: str) -> No
     )
 
 
-def test_too_many_points_after_simplification(shared_server: RunningServer) -> None:
+def test_too_many_points_after_simplification_is_simplified_further(shared_server: RunningServer) -> None:
+    """Issue 12 item 2: by default a sketch longer than the model's maximum is fitted, and counted."""
+    counter = "sketchserve_sketches_simplified_further_total"
+    before = shared_server.metric(counter)
     max_points = shared_server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest()).max_points
-    with pytest.raises(grpc.RpcError) as caught:
-        shared_server.stub.Encode(
-            sketch_pb2.EncodeRequest(sketches=with_good(zigzag(max_points + 50))), timeout=CALL_TIMEOUT_S
-        )
+    request = sketch_pb2.EncodeRequest(sketches=with_good(zigzag(max_points + 50), zigzag(max_points + 60)))
+    assert len(shared_server.stub.Encode(request, timeout=CALL_TIMEOUT_S).embeddings) == 5
+    assert shared_server.metric(counter) == before + 2
+
+
+def test_too_many_points_after_simplification_refused_when_asked(tiny_model: Path) -> None:
+    with running_server(server_config(tiny_model, too_long="refuse")) as server:
+        max_points = server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest()).max_points
+        with pytest.raises(grpc.RpcError) as caught:
+            server.stub.Encode(
+                sketch_pb2.EncodeRequest(sketches=with_good(zigzag(max_points + 50))), timeout=CALL_TIMEOUT_S
+            )
+        assert server.metric("sketchserve_sketches_simplified_further_total") == 0
     assert caught.value.code() == INVALID
     assert caught.value.details().startswith("sketches[3]: ")
     assert caught.value.details().endswith(f"points after simplification, the model accepts at most {max_points}")

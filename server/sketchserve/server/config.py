@@ -17,6 +17,8 @@ from typing import Any
 
 ENV_PREFIX = "SKETCHSERVE_"
 DEVICE_CHOICES_HELP = "auto | cpu | cuda | cuda:N"
+TOO_LONG_SIMPLIFY = "simplify"
+TOO_LONG_REFUSE = "refuse"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,11 @@ class ServerConfig:
     stream_window: int = field(default=8, metadata={"help": "EncodeStream requests in flight per stream"})
     # Decoding a dummy batch makes the first real call as fast as the rest.
     warmup: bool = field(default=True, metadata={"help": "run dummy batches before SERVING"})
+    # Every real drawing is accepted (issue 12): one longer than the model's max_seq_len after canonical
+    # preprocessing is simplified further to fit (strokes.fit_stroke3_many); "refuse" answers INVALID_ARGUMENT.
+    too_long: str = field(
+        default=TOO_LONG_SIMPLIFY, metadata={"help": "a sketch longer than the model's maximum: simplify | refuse"}
+    )
     # key=value lines read well in a terminal and parse in any log pipeline.
     log_format: str = field(default="kv", metadata={"help": "log line format: kv | json"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
@@ -94,6 +101,8 @@ def check_config(cfg: ServerConfig) -> None:
         )
     if cfg.log_format not in {"kv", "json"}:
         raise ConfigError(f"--log-format must be kv or json, got {cfg.log_format!r}")
+    if cfg.too_long not in {TOO_LONG_SIMPLIFY, TOO_LONG_REFUSE}:
+        raise ConfigError(f"--too-long must be {TOO_LONG_SIMPLIFY} or {TOO_LONG_REFUSE}, got {cfg.too_long!r}")
     check_device(cfg.device)
 
 

@@ -12,19 +12,22 @@ the batch functions here run on the batchers' worker threads.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from sketchserve.runtime import SketchRuntime, collate_stroke3, kl_divergence, sketch_seed
 from sketchserve.server.batching import Batcher, BatchItem, BatchObserver
-from sketchserve.server.config import ServerConfig
+from sketchserve.server.config import TOO_LONG_SIMPLIFY, ServerConfig
 from sketchserve.server.results import Encoded, SketchScore, SketchTooLong
-from sketchserve.strokes import Drawing, preprocess_many
+from sketchserve.strokes import Drawing, Fitted, fit_stroke3_many, preprocess_many
+
+log = logging.getLogger(__name__)
 
 PREPROCESS = "preprocess"
 ENCODE = "encode"
@@ -51,6 +54,13 @@ class ModelSpec:
     latent_size: int
     max_seq_len: int
     device: str
+
+
+@runtime_checkable
+class FurtherObserver(Protocol):
+    """Counts sketches simplified further to fit the model (ServerMetrics)."""
+
+    def on_simplified_further(self, count: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -80,8 +90,10 @@ class SketchEngine:
             max_seq_len=manifest.max_seq_len,
             device=str(model.device),
         )
+        self.simplify_too_long = cfg.too_long == TOO_LONG_SIMPLIFY
+        self.simplified_further = observer.on_simplified_further if isinstance(observer, FurtherObserver) else None
         delay_s = cfg.max_delay_ms / 1000.0
-        self.preprocessor: Batcher[Drawing, np.ndarray] = Batcher(
+        self.preprocessor: Batcher[Drawing, Fitted] = Batcher(
             PREPROCESS,
             self._preprocess_batch,
             max_batch_size=cfg.max_batch_size,
@@ -124,15 +136,23 @@ class SketchEngine:
     async def encode(self, drawings: Sequence[Drawing], timeout: float | None = None) -> list[Encoded]:
         """Each validated drawing preprocessed and encoded, in order.
 
-        Raises SketchTooLong (naming the first such drawing) before any encoding when a
-        drawing is longer than the model's ``max_seq_len`` after preprocessing.
+        A drawing longer than the model's ``max_seq_len`` after preprocessing is simplified
+        further to fit (``fit_stroke3_many``), or, with ``--too-long refuse``, raises
+        SketchTooLong (naming the first such drawing) before any encoding.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         items = [BatchItem(d, cost=sum(len(stroke) for stroke in d)) for d in drawings]
-        strokes3 = await self.preprocessor.submit(items, timeout=timeout)
+        fitted: list[Fitted] = await self.preprocessor.submit(items, timeout=timeout)
+        strokes3 = [f.stroke3 for f in fitted]
         for index, s3 in enumerate(strokes3):
             if len(s3) > self.spec.max_seq_len:
                 raise SketchTooLong(index, len(s3), self.spec.max_seq_len)
+        further = sum(f.further for f in fitted)
+        if further:
+            limit = self.spec.max_seq_len
+            log.debug("simplified %d of %d sketches further to fit max_seq_len=%d", further, len(fitted), limit)
+            if self.simplified_further is not None:
+                self.simplified_further(further)
         remaining = None if deadline is None else deadline - time.monotonic()
         return await self.encoder.submit([BatchItem(s3, cost=len(s3)) for s3 in strokes3], timeout=remaining)
 
@@ -172,9 +192,11 @@ class SketchEngine:
         kls = kl_divergence(mu, sigma).tolist()
         return [SketchScore(float(n), float(k)) for n, k in zip(nlls, kls)]
 
-    @staticmethod
-    def _preprocess_batch(_group: Hashable, drawings: list[Drawing]) -> list[np.ndarray]:
-        return preprocess_many(drawings)
+    def _preprocess_batch(self, _group: Hashable, drawings: list[Drawing]) -> list[Fitted]:
+        strokes3 = preprocess_many(drawings)
+        if self.simplify_too_long:
+            return fit_stroke3_many(strokes3, self.spec.max_seq_len)
+        return [Fitted(s3, False) for s3 in strokes3]
 
     def _encode_batch(self, _group: Hashable, strokes3: list[np.ndarray]) -> list[Encoded]:
         batch = collate_stroke3(strokes3)

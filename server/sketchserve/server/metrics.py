@@ -79,6 +79,11 @@ class ServerMetrics:
             ["batcher", "reason"],
             registry=self.registry,
         )
+        self.simplified_further = Counter(
+            "sketchserve_sketches_simplified_further",
+            "sketches longer than the model's max_seq_len after preprocessing, simplified further to fit",
+            registry=self.registry,
+        )
         self.model = Info("sketchserve_model", "the served model", registry=self.registry)
 
     def on_call(self, method: str, code: str, seconds: float) -> None:
@@ -92,6 +97,9 @@ class ServerMetrics:
 
     def on_dropped(self, batcher: str, reason: str, count: int) -> None:
         self.dropped.labels(batcher=batcher, reason=reason).inc(count)
+
+    def on_simplified_further(self, count: int) -> None:
+        self.simplified_further.inc(count)
 
     def watch_queue(self, batcher: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(batcher=batcher).set_function(depth)

@@ -24,7 +24,7 @@ from sketchserve.packed import PackedFormatError, PackedSketches, pack_rows, unp
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.errors import FailedPrecondition, InvalidRequest, NotReady
 from sketchserve.server.results import Encoded, SketchTooLong
-from sketchserve.strokes import Drawing, InvalidDrawingError, drawing_from_xy, stroke3_to_drawing
+from sketchserve.strokes import Drawing, InvalidDrawingError, check_point_caps, drawing_from_xy, stroke3_to_drawing
 
 if TYPE_CHECKING:
     from sketchserve.server.engine import SketchEngine
@@ -114,9 +114,20 @@ def request_sketches(request: SketchRequest, *, limit: int, prefix: str = "") ->
         if request.sketches:
             raise InvalidRequest(prefix + "packed", "give the sketches either readable (sketches) or packed, not both")
         drawings = packed_to_drawings(request.packed, limit=limit, prefix=prefix)
-        return RequestSketches(drawings, tuple(request.packed.ids))
+        return _within_caps(RequestSketches(drawings, tuple(request.packed.ids)), prefix)
     drawings = sketches_to_drawings(request.sketches, limit=limit, prefix=prefix)
-    return RequestSketches(drawings, [s.id for s in request.sketches])
+    return _within_caps(RequestSketches(drawings, [s.id for s in request.sketches]), prefix)
+
+
+def _within_caps(sketches: RequestSketches, prefix: str) -> RequestSketches:
+    """``sketches``, unless one has more raw points than canonicalization accepts: refused here, naming it,
+    so that it never reaches (and fails) a preprocessing batch shared with other requests."""
+    for index, drawing in enumerate(sketches.drawings):
+        try:
+            check_point_caps(drawing)
+        except InvalidDrawingError as err:
+            raise _sketch_error(index, sketches.id_of(index), prefix, err.field, err.message) from None
+    return sketches
 
 
 def latents_to_array(latents: Sequence[sketch_pb2.Embedding], latent_size: int, limit: int) -> np.ndarray:
