@@ -11,6 +11,7 @@ from server_fixtures import SHARED_MAX_SKETCHES, TEST_CLUSTERS, RunningServer
 
 from sketchserve import cli as dispatcher
 from sketchserve.client import cli
+from sketchserve.strokes import MAX_STROKE_POINTS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -170,10 +171,7 @@ def test_failures_are_one_line(
     bad.write_text(good + "\n" + json.dumps({"word": "w", "key_id": "2", "drawing": [[[0, 1, 2], [0, 1]]]}) + "\n")
     line = _one_line_error(run(capsys, "encode", *target_args(clustered_server), str(bad)), "encode")
     assert f"{bad}:2" in line
-    long_drawing = np.cumsum(np.random.default_rng(1).normal(0, 40, size=(400, 2)), axis=0).round().astype(int)
-    xy = [long_drawing[:, 0].tolist(), long_drawing[:, 1].tolist()]
-    too_long = json.dumps({"word": "w", "key_id": "3", "drawing": [xy]})
-    bad.write_text(good + "\n" + too_long + "\n")
+    bad.write_text(good + "\n" + _over_the_point_cap("3") + "\n")
     line = _one_line_error(run(capsys, "encode", *target_args(clustered_server), str(bad)), "encode")
     assert "INVALID_ARGUMENT" in line and f"{bad}:2" in line and "sketches[1]" in line
     argv = ["score", "--target", clustered_server.target, "--out", "x.npy", circles]
@@ -199,3 +197,26 @@ def test_chunks_stay_in_order_with_a_window_in_flight() -> None:
     assert first_chunk == [0] and first.rows == [{"i": 0}]
     assert pulled == [0, 1, 2]
     assert [chunk for chunk, _ in answers] == [[1], [2], [3], [4]]
+
+
+def _over_the_point_cap(key_id: str) -> str:
+    """An ndjson line the loader reads but the server refuses: a stroke over the raw point cap."""
+    walk = np.cumsum(np.random.default_rng(1).normal(0, 40, size=(MAX_STROKE_POINTS + 1, 2)), axis=0)
+    xy = [walk[:, 0].round().astype(int).tolist(), walk[:, 1].round().astype(int).tolist()]
+    return json.dumps({"word": "w", "key_id": key_id, "drawing": [xy]})
+
+
+def test_encode_skip_bad_skips_drawings_the_server_refuses(
+    clustered_server: RunningServer, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = (data_dir / SHORT_DRAWINGS).read_text().splitlines()[:6]
+    mixed = tmp_path / "mixed.ndjson"
+    mixed.write_text("\n".join([*lines[:4], _over_the_point_cap("bad"), *lines[4:]]) + "\n")
+    code, out, err = run(capsys, "encode", *target_args(clustered_server), "--skip-bad", str(mixed))
+    assert code == 0, err
+    rows = jsonl(out)
+    assert [r["source"] for r in rows] == [f"{mixed}:{i}" for i in (1, 2, 3, 4, 6, 7)]
+    assert "skipped 1 drawings the server refused" in err
+    assert f"{mixed}:5: sketches[4].strokes[0] (id 'bad'): has {MAX_STROKE_POINTS + 1} points" in err
+    code, _, err = run(capsys, "encode", *target_args(clustered_server), str(mixed))
+    assert code == 1 and f"{mixed}:5" in err

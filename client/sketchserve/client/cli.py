@@ -31,6 +31,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
+import grpc
 import numpy as np
 
 from sketchserve import data, progress, render
@@ -72,7 +73,11 @@ def _parser(name: str, summary: str, *, files: bool = True) -> argparse.Argument
         parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help=".npz or .ndjson drawing files")
         parser.add_argument("--split", default=None, help="only this split of .npz files (train, valid, test)")
         parser.add_argument("--category", action="append", default=None, help="only this word (repeatable)")
-        parser.add_argument("--skip-bad", action="store_true", help="skip malformed lines instead of failing")
+        parser.add_argument(
+            "--skip-bad",
+            action="store_true",
+            help="skip malformed lines, and drawings the server refuses, instead of failing",
+        )
         parser.add_argument("--limit", type=int, default=None, help="stop after this many drawings")
         parser.add_argument(
             "--batch-size", type=int, default=BATCH_SIZE, help="drawings per request (default %(default)s)"
@@ -146,6 +151,8 @@ class Batch:
     rows: list[dict[str, Any]]  # one JSON object per drawing
     mu: np.ndarray | None = None  # encode: for .npy output
     drawings: tuple[Sketch, ...] = ()  # reconstruct: for --png
+    kept: tuple[int, ...] | None = None  # --skip-bad: the chunk's drawings answered (None: all of them)
+    refused: tuple[str, ...] = ()  # --skip-bad: why the server refused the others
 
 
 @dataclass
@@ -194,6 +201,35 @@ def _handle_naming_source(
         raise SketchServiceError(exc.method, exc.code, f"{source}: {exc.details}") from None
 
 
+def _refused_index(exc: SketchServiceError, chunk: list[data.DrawingRecord]) -> int | None:
+    found = SKETCH_INDEX.search(exc.details)
+    if exc.code != grpc.StatusCode.INVALID_ARGUMENT or found is None or int(found.group(1)) >= len(chunk):
+        return None
+    return int(found.group(1))
+
+
+def _handle_skipping_refused(
+    handle: Handler, client: SketchClient, chunk: list[data.DrawingRecord], args: argparse.Namespace
+) -> Batch:
+    """``_handle_naming_source``; with ``--skip-bad`` each drawing the server refuses (INVALID_ARGUMENT naming
+    ``sketches[i]``) is dropped and the rest resent, the batch saying which were kept and why the others not."""
+    kept = list(range(len(chunk)))
+    refused: list[str] = []
+    while kept:
+        records = [chunk[i] for i in kept]
+        try:
+            batch = _handle_naming_source(handle, client, records, args)
+        except SketchServiceError as exc:
+            index = _refused_index(exc, records)
+            if not args.skip_bad or index is None:
+                raise
+            refused.append(exc.details)
+            del kept[index]
+            continue
+        return dataclasses.replace(batch, kept=tuple(kept), refused=tuple(refused)) if refused else batch
+    return Batch(rows=[], kept=(), refused=tuple(refused))
+
+
 def _in_order(
     sent: Iterator[tuple[list[data.DrawingRecord], Future[Batch]]], window: int
 ) -> Iterator[tuple[list[data.DrawingRecord], Batch]]:
@@ -212,6 +248,7 @@ def _process(args: argparse.Namespace, handle: Handler) -> Collected:
     """Send every drawing in chunks, writing JSONL as it goes (unless ``--out`` is ``.npy``)."""
     collected = Collected()
     skipped = data.SkipCounter()
+    refused: tuple[str, ...] = ()
     with ExitStack() as stack:
         client = stack.enter_context(_client(args))
         out = None if _wants_npy(args) else _open_out(stack, args.out)
@@ -219,13 +256,14 @@ def _process(args: argparse.Namespace, handle: Handler) -> Collected:
         pool = ThreadPoolExecutor(args.parallel, thread_name_prefix="sketchserve-send")
         stack.callback(pool.shutdown, cancel_futures=True)
         sent = (
-            (chunk, pool.submit(_handle_naming_source, handle, client, chunk, args))
+            (chunk, pool.submit(_handle_skipping_refused, handle, client, chunk, args))
             for chunk in _chunks(_records(args, skipped), READ_CHUNK)
         )
         for chunk, batch in _in_order(sent, args.parallel):
             if out is not None:
                 _write_jsonl(out, batch.rows)
-            collected.add(chunk, batch)
+            refused += batch.refused
+            collected.add(chunk if batch.kept is None else [chunk[i] for i in batch.kept], batch)
             if bar is None and len(chunk) == READ_CHUNK:  # a large input: more chunks follow
                 bar = stack.enter_context(progress.Progress(total=None, desc=f"sketchserve {args.command}"))
             if bar is not None:
@@ -233,6 +271,9 @@ def _process(args: argparse.Namespace, handle: Handler) -> Collected:
     if skipped.count:
         first = f" (first: {skipped.examples[0]})" if skipped.examples else ""
         sys.stderr.write(f"sketchserve {args.command}: skipped {skipped.count} bad drawings{first}\n")
+    if refused:
+        reason = f" (first: {refused[0]})"
+        sys.stderr.write(f"sketchserve {args.command}: skipped {len(refused)} drawings the server refused{reason}\n")
     if collected.count == 0:
         raise UsageError("no drawings found in the given files")
     return collected
