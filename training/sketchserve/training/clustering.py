@@ -92,6 +92,7 @@ def load_labelled_codes(
     """Read every drawing of `paths` (one split or all) and encode it with the artifact."""
     from sketchserve.artifact import sha256_file
     from sketchserve.data import iter_drawings
+    from sketchserve.strokes import fit_stroke3_many
 
     sketches: list[np.ndarray] = []
     words: list[str] = []
@@ -101,6 +102,8 @@ def load_labelled_codes(
     if not sketches:
         where = f" (split {split!r})" if split else ""
         raise ClusterError(f"no drawings in {', '.join(str(p) for p in paths)}{where}")
+    # the server's rule for drawings longer than the model's maximum: simplified further, not dropped
+    sketches = [f.stroke3 for f in fit_stroke3_many(sketches, runtime.manifest.max_seq_len)]
     codes = runtime.encode_stroke3(sketches, progress=progress)
     files = [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
     return LabelledCodes(sketches=sketches, words=words, codes=codes, files=files)

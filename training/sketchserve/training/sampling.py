@@ -11,7 +11,7 @@ import numpy as np
 from sketchserve.data import iter_drawings
 from sketchserve.render import render_png
 from sketchserve.runtime import SketchRuntime, sketch_seed
-from sketchserve.strokes import stroke3_to_drawing
+from sketchserve.strokes import fit_stroke3_many, stroke3_to_drawing
 from sketchserve.training.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -59,10 +59,10 @@ def sample_command(
     sources = ["prior"] * n
     sketches: list[np.ndarray] = []
     if around is not None:
-        records = [r for r in iter_drawings([around]) if 0 < len(r.stroke3) <= max_len][:limit]
+        records = [r for r in iter_drawings([around]) if len(r.stroke3) > 0][:limit]
         if not records:
-            raise ConfigError(f"{around}: no drawing of 1 to {max_len} points to sample around")
-        sketches = [r.stroke3 for r in records]
+            raise ConfigError(f"{around}: no drawing to sample around")
+        sketches = [f.stroke3 for f in fit_stroke3_many([r.stroke3 for r in records], max_len)]
         sources = [r.source for r in records for _ in range(n)]
         word = records[0].word
     targets = np.repeat([len(s) for s in sketches], n) if sketches else None
