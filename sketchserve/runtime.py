@@ -29,7 +29,7 @@ from torch import Tensor
 from sketchserve.artifact import DECODER_FILE, ENCODER_FILE, ArtifactError, LoadedArtifact, Manifest, load_artifact
 from sketchserve.clusters import ClusterTable
 from sketchserve.progress import Progress
-from sketchserve.strokes import pad_stroke5, stroke5_to_stroke3
+from sketchserve.strokes import fit_stroke3_many, pad_stroke5, stroke5_to_stroke3
 
 # Decoder.sample's noise holds 4 draws a step: component (uniform), 2 standard normals, pen (uniform).
 NOISE_CHANNELS = 4
@@ -208,7 +208,10 @@ class SketchRuntime:
     ) -> np.ndarray:
         """``mu`` of every stroke-3 sketch (canonical units), ``(n, latent_size)`` float32, input order.
 
-        Batched by length (less padding); a result never depends on its batch (the encoder packs)."""
+        Batched by length (less padding); a result never depends on its batch (the encoder packs). A sketch
+        longer than the model's ``max_seq_len`` is fitted to it first, as the server does
+        (``strokes.fit_stroke3_many``), so user files are never dropped or over-long."""
+        sketches = [f.stroke3 for f in fit_stroke3_many(sketches, self.manifest.max_seq_len)]
         codes = np.zeros((len(sketches), self.manifest.latent_size), dtype=np.float32)
         order = np.argsort([len(s) for s in sketches], kind="stable")
         stream = None if progress else io.StringIO()

@@ -102,7 +102,7 @@ def load_labelled_codes(
     if not sketches:
         where = f" (split {split!r})" if split else ""
         raise ClusterError(f"no drawings in {', '.join(str(p) for p in paths)}{where}")
-    # the server's rule for drawings longer than the model's maximum: simplified further, not dropped
+    # fitted here too (encode_stroke3 fits) so that the stored sketches, exemplars among them, are what was encoded
     sketches = [f.stroke3 for f in fit_stroke3_many(sketches, runtime.manifest.max_seq_len)]
     codes = runtime.encode_stroke3(sketches, progress=progress)
     files = [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
