@@ -83,9 +83,9 @@ takes an exact path (its gcd). Any other is searched for the smallest integer
 extent ``e <= MAX_LATTICE_EXTENT`` (2,048) at which all its aligned points, times
 ``e`` over its extent, lie within float32 noise of integers: ``LATTICE_HALF_ULPS``
 (16) float32 half-ulps of its largest |coordinate|, at most ``MAX_LATTICE_TOLERANCE``
-(0.05 units of the integer drawing). Candidate extents are tried on up to 8
-distinct coordinates, then on all points (the first ``LATTICE_VERIFIED`` that pass
-the probes). Drawings off every such lattice (decoder outputs, drawings of extent
+(0.05 units of the integer drawing). The search is vectorized over the batch:
+every extent is tried on 8 coordinates spread over each drawing, the smallest
+that fits them on all points, and the next ones only where it fails. Drawings off every such lattice (decoder outputs, drawings of extent
 over 2,048 after a float32 round trip, a shift so large that float32 lost the
 units) continue from their own float points: after step 2 their coordinates are
 snapped to a 2^-20 (about 1e-6) grid (``SNAP_GRID``), so a shifted or uniformly
@@ -180,7 +180,6 @@ FLOAT32_HALF_ULP = 2.0**-24
 # round to the wrong integer; an input noisier than this (a huge shift) is not recognized
 MAX_LATTICE_TOLERANCE = 0.05
 LATTICE_PROBES = 8  # distinct coordinates each candidate extent is tried on before all points are checked
-LATTICE_VERIFIED = 4  # candidate extents checked on all points before a drawing counts as off every lattice
 MAX_EXACT_INTEGER = 2.0**31  # integer inputs up to this aligned extent take the exact (gcd) path
 MAX_CUMSUM_TABLE = 2**22  # cells (32 MiB) of the padded per-stroke cumsum table before falling back to a loop
 CHUNK_DRAWINGS = 256  # drawings processed together: amortizes numpy calls, bounds the padded cumsum buffer
@@ -576,28 +575,60 @@ def _primitive(integers: np.ndarray, point_counts: np.ndarray) -> np.ndarray:
     return integers / np.repeat(np.maximum(divisors, 1), point_counts)[:, None]
 
 
-def _lattice_extent(aligned: np.ndarray, scale: float, tolerance_per_unit: float) -> int:
-    """The smallest integer extent ``e <= MAX_LATTICE_EXTENT`` at which every aligned point times ``e / scale`` is
-    within ``tolerance_per_unit * e`` (at most ``MAX_LATTICE_TOLERANCE``) of an integer; 0 when there is none."""
-    ratios = aligned.ravel() / scale
-    distinct = np.unique(ratios[(ratios > 0) & (ratios < 1)])
+class _Candidates(NamedTuple):
+    """Integer extents that fit every probe of a drawing: ``(drawing, extent - 1)`` pairs, by drawing then extent."""
+
+    drawing: np.ndarray
+    extent_index: np.ndarray
+
+
+def _probe_candidates(ratios: np.ndarray, coord_counts: np.ndarray, tolerances: np.ndarray) -> _Candidates:
+    """The extents ``e`` at which ``LATTICE_PROBES`` coordinates of each drawing, spread over it, times ``e`` lie
+    within ``tolerances[d, e - 1]`` of integers: one probe over all extents, the next only where those fit."""
+    spread = (np.arange(LATTICE_PROBES) + 0.5) / LATTICE_PROBES
+    probes = ratios[_starts(coord_counts)[:, None] + (spread[None, :] * coord_counts[:, None]).astype(np.int64)]
     extents = np.arange(1, MAX_LATTICE_EXTENT + 1, dtype=np.float64)
-    tolerances = np.minimum(tolerance_per_unit * extents, MAX_LATTICE_TOLERANCE)
-    probes = distinct[np.linspace(0, len(distinct) - 1, min(len(distinct), LATTICE_PROBES)).astype(np.int64)]
-    scaled = probes[None, :] * extents[:, None]
-    fits = (np.abs(scaled - np.round(scaled)) <= tolerances[:, None]).all(axis=1)
-    for extent in np.flatnonzero(fits)[:LATTICE_VERIFIED] + 1:
-        values = ratios * extent
-        if np.abs(values - np.round(values)).max() <= tolerances[extent - 1]:
-            return int(extent)
-    return 0
+    first = probes[:, :1] * extents[None, :]
+    drawing, extent_index = np.nonzero(np.abs(first - np.round(first)) <= tolerances)
+    for k in range(1, LATTICE_PROBES):
+        values = probes[drawing, k] * extents[extent_index]
+        fits = np.abs(values - np.round(values)) <= tolerances[drawing, extent_index]
+        drawing, extent_index = drawing[fits], extent_index[fits]
+    return _Candidates(drawing, extent_index)
+
+
+def _lattice_extents(ratios: np.ndarray, coord_counts: np.ndarray, tolerance_per_unit: np.ndarray) -> np.ndarray:
+    """(D,): for each drawing (its coordinates over its extent, ``coord_counts`` of them), the smallest integer
+    extent ``e <= MAX_LATTICE_EXTENT`` at which every coordinate times ``e`` lies within ``tolerance_per_unit * e``
+    (at most ``MAX_LATTICE_TOLERANCE``) of an integer; 0 where there is none. Vectorized over the drawings: the
+    probes leave few candidates, the smallest is checked on all coordinates, and only a drawing whose smallest
+    fails goes on, one candidate at a time."""
+    extents = np.arange(1, MAX_LATTICE_EXTENT + 1, dtype=np.float64)
+    tolerances = np.minimum(tolerance_per_unit[:, None] * extents[None, :], MAX_LATTICE_TOLERANCE)
+    candidates = _probe_candidates(ratios, coord_counts, tolerances)
+    result = np.zeros(len(coord_counts), dtype=np.int64)
+    owners, first = np.unique(candidates.drawing, return_index=True)
+    result[owners] = candidates.extent_index[first] + 1
+    coord_starts = _starts(coord_counts)
+    scaled = ratios * np.repeat(result, coord_counts)
+    allowed = np.repeat(tolerances[np.arange(len(result)), np.maximum(result - 1, 0)], coord_counts)
+    fits = np.minimum.reduceat((np.abs(scaled - np.round(scaled)) <= allowed).astype(np.int8), coord_starts) == 1
+    for index in np.flatnonzero((result > 0) & ~fits).tolist():
+        values = ratios[coord_starts[index] : coord_starts[index] + coord_counts[index]]
+        result[index] = 0
+        for extent_index in candidates.extent_index[candidates.drawing == index][1:].tolist():
+            error = np.abs(values * (extent_index + 1) - np.round(values * (extent_index + 1))).max()
+            if error <= tolerances[index, extent_index]:
+                result[index] = extent_index + 1
+                break
+    return result
 
 
 def _on_lattice(flat: _Flat) -> np.ndarray:
     """Every drawing that is a shifted, uniformly scaled (and float32-rounded) copy of an integer drawing, as that
     integer drawing aligned at 0 with coprime coordinates, so that all such copies continue bit-identical; the
     other drawings unchanged. Integer drawings take an exact path (divide by the gcd); others are searched for the
-    integer extent ``e <= MAX_LATTICE_EXTENT`` their points fit within float32 noise (``_lattice_extent``)."""
+    integer extent ``e <= MAX_LATTICE_EXTENT`` their points fit within float32 noise (``_lattice_extents``)."""
     counts = _point_counts(flat.stroke_lengths, flat.drawing_strokes)
     starts = _starts(counts)
     mins = np.minimum.reduceat(flat.points, starts, axis=0)
@@ -606,16 +637,19 @@ def _on_lattice(flat: _Flat) -> np.ndarray:
     magnitude = np.maximum.reduceat(np.abs(flat.points), starts, axis=0).max(axis=1)
     integral = np.minimum.reduceat((aligned == np.round(aligned)).all(axis=1).astype(np.int8), starts) == 1
     exact = integral & (extent < MAX_EXACT_INTEGER)
-    result = np.where(np.repeat(exact, counts)[:, None], aligned, flat.points)
+    searched = ~exact & (extent > 0)
+    if searched.any():
+        rows = np.repeat(searched, counts)
+        noise = LATTICE_HALF_ULPS * FLOAT32_HALF_ULP * magnitude[searched] / extent[searched]
+        ratios = aligned[rows] / np.repeat(extent[searched], counts[searched])[:, None]
+        found = np.zeros(len(counts), dtype=np.int64)
+        found[searched] = _lattice_extents(ratios.ravel(), 2 * counts[searched], noise)
+        aligned[rows] = np.round(ratios * np.repeat(found[searched], counts[searched])[:, None])
+        exact |= found > 0
+    result = flat.points.copy()
     if exact.any():
-        result[np.repeat(exact, counts)] = _primitive(aligned[np.repeat(exact, counts)], counts[exact])
-    for index in np.flatnonzero(~exact & (extent > 0)).tolist():
-        rows = slice(int(starts[index]), int(starts[index] + counts[index]))
-        noise = LATTICE_HALF_ULPS * FLOAT32_HALF_ULP * magnitude[index] / extent[index]
-        found = _lattice_extent(aligned[rows], float(extent[index]), noise)
-        if found:
-            integers = np.round(aligned[rows] * (found / extent[index]))
-            result[rows] = _primitive(integers, np.array([len(integers)]))
+        rows = np.repeat(exact, counts)
+        result[rows] = _primitive(aligned[rows], counts[exact])
     return result
 
 

@@ -392,7 +392,9 @@ def test_a_drawing_off_every_lattice_goes_the_float_way() -> None:
     """A drawing whose coordinates are no integer drawing's scaled copy (an irrational ratio) is
     not snapped to a lattice: it is simplified from its own points, as before."""
     off = [np.array([[0.0, 0.0], [np.sqrt(2.0), 1.0], [np.pi, np.e], [10.0, 3.0]])]
-    assert strokes._lattice_extent(off[0], 10.0, 1e-7) == 0
+    ratios = off[0].ravel() / 10.0
+    assert strokes._lattice_extents(ratios, np.array([8]), np.array([1e-7])).tolist() == [0]
+    assert strokes._lattice_extents(np.round(ratios * 997) / 997, np.array([8]), np.array([1e-7])).tolist() == [997]
     flat = strokes._flatten([off])
     assert np.array_equal(strokes._on_lattice(flat), flat.points)
 
@@ -456,3 +458,9 @@ def test_one_rdp_tree_serves_every_epsilon(drawing: strokes.Drawing, epsilons: l
     thresholds = strokes._rdp_thresholds(flat.points, flat.stroke_lengths, 0.0)
     for epsilon in epsilons:
         assert np.array_equal(thresholds > epsilon, strokes._rdp_keep(flat.points, flat.stroke_lengths, epsilon))
+
+
+def test_a_candidate_that_fits_the_probes_but_not_every_point_is_passed_over() -> None:
+    """Probes at 0 and 1 fit every extent; the smallest extent that fits all coordinates is still found."""
+    ratios = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 3 / 7])
+    assert strokes._lattice_extents(ratios, np.array([len(ratios)]), np.array([1e-9])).tolist() == [7]
