@@ -124,8 +124,9 @@ result is a canonical form that fits, so ``C_max`` is a projection as ``C`` is.
 One RDP tree at epsilon 0 (``_rdp_thresholds``: each point's least split distance
 on its path) gives RDP's result at every epsilon, so fitting costs one tree. On
 the 8,600 simplified drawings, 113 are longer than 128 rows after preprocessing;
-fitted, none is. The server and ``sketchserve cluster``/``gallery``/``sample
---around`` fit; training's own data filtering does not.
+fitted, none is. The server and ``SketchRuntime.encode_stroke3`` (so ``sketchserve
+cluster``, ``gallery``, ``--from-cluster``, ``sample --around``) fit; training's own
+data filtering does not.
 
 Agreement with Google: on the 266 drawings of ``../shared/data/raw/`` whose
 simplified twin is present, the canonical form has the twin's point count in
