@@ -85,12 +85,13 @@ extent ``e <= MAX_LATTICE_EXTENT`` (2,048) at which all its aligned points, time
 (16) float32 half-ulps of its largest |coordinate|, at most ``MAX_LATTICE_TOLERANCE``
 (0.05 units of the integer drawing). The search is vectorized over the batch:
 every extent is tried on 8 coordinates spread over each drawing, the smallest
-that fits them on all points, and the next ones only where it fails. Drawings off every such lattice (decoder outputs, drawings of extent
-over 2,048 after a float32 round trip, a shift so large that float32 lost the
-units) continue from their own float points: after step 2 their coordinates are
-snapped to a 2^-20 (about 1e-6) grid (``SNAP_GRID``), so a shifted or uniformly
-scaled float64 copy continues as the bit-identical array, but a float32 copy can
-still cross a threshold of steps 3-5. A non-lattice drawing that happens to lie
+that fits them on all points, and the next ones only where it fails. Drawings
+off every such lattice (decoder outputs, drawings of extent over 2,048 after a
+float32 round trip, a shift so large that float32 lost the units) continue
+from their own float points: after step 2 their coordinates are snapped to a
+2^-20 (about 1e-6) grid (``SNAP_GRID``), so a shifted or uniformly scaled
+float64 copy continues as the bit-identical array, but a float32 copy can still
+cross a threshold of steps 3-5. A non-lattice drawing that happens to lie
 within the tolerance of a lattice is moved onto it: by at most 16 half-ulps of
 its largest |coordinate| (2.4e-4 canonical units times largest |coordinate| over
 extent), far below the rounding of step 5. Through the bundled face model every
@@ -761,6 +762,13 @@ def _longest_strokes(drawing: Drawing, count: int) -> Drawing:
     return [drawing[i] for i in chosen]
 
 
+def _canonical_stroke3(flat: _Flat) -> np.ndarray:
+    """``preprocess`` of one validated drawing without the point caps: fitting's candidates have at most
+    ``max_len + 1`` points, and a canonical form over the stroke cap (resampling can keep more points than
+    the input had) must still be fitted."""
+    return _flat_to_stroke3(_canonical_flat(_unflatten(flat)))[0]
+
+
 def _fit_one(s3: np.ndarray, max_len: int) -> np.ndarray:
     """``s3`` (canonical, longer than ``max_len``) simplified further: see ``fit_stroke3_many``."""
     flat = _flatten([stroke3_to_drawing(s3)])
@@ -770,11 +778,11 @@ def _fit_one(s3: np.ndarray, max_len: int) -> np.ndarray:
         if int(keep.sum()) - 1 > max_len:
             continue
         lengths = np.add.reduceat(keep, _starts(flat.stroke_lengths)).astype(np.int64)
-        candidate = preprocess(_unflatten(_Flat(flat.points[keep], lengths, flat.drawing_strokes))[0])
+        candidate = _canonical_stroke3(_Flat(flat.points[keep], lengths, flat.drawing_strokes))
         if len(candidate) <= max_len:
             return candidate
     ends = [stroke[[0, -1]] for stroke in _longest_strokes(_unflatten(flat)[0], max_len // 2)]
-    return preprocess(ends)
+    return _canonical_stroke3(_flatten([ends]))
 
 
 def fit_stroke3_many(strokes3: Sequence[np.ndarray], max_len: int) -> list[Fitted]:

@@ -464,3 +464,14 @@ def test_a_candidate_that_fits_the_probes_but_not_every_point_is_passed_over() -
     """Probes at 0 and 1 fit every extent; the smallest extent that fits all coordinates is still found."""
     ratios = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 3 / 7])
     assert strokes._lattice_extents(ratios, np.array([len(ratios)]), np.array([1e-9])).tolist() == [7]
+
+
+def test_fitting_a_sketch_over_the_point_caps() -> None:
+    """Fitting to a maximum above the stroke cap must not refuse its own candidates (they have at most
+    max_len + 1 points, so their cost is bounded by the model): a stroke-3 of one 900-point stroke."""
+    rng = np.random.default_rng(0)
+    n = 900
+    points = np.column_stack([np.arange(n), (np.arange(n) % 2) * rng.uniform(0, 255, n)])
+    s3 = strokes.drawing_to_stroke3([np.round(points)])
+    fitted = strokes.fit_stroke3_many([s3], 800)[0]  # its first candidate keeps 594 points of the stroke
+    assert fitted.further and len(fitted.stroke3) <= 800  # its candidates had over 512 points: none refused
