@@ -322,6 +322,16 @@ def test_export_records_which_checkpoint_it_took(trained: Path, tmp_path: Path) 
     assert training["steps"] == load_checkpoint(trained / CHECKPOINT)["step"]
 
 
+def test_the_bundled_manifest_holds_only_what_the_export_code_writes(trained: Path, tmp_path: Path) -> None:
+    """No hand-written fields: every key of models/face's manifest (and of its training record) is one that
+    `sketchserve export` writes (the bundled model was exported from a run with a resume and a hand stop)."""
+    assert export_main([str(trained), "--out", str(tmp_path / "model")]) == 0
+    exported = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    bundled = json.loads((Path(__file__).resolve().parents[1] / "models" / "face" / "manifest.json").read_text())
+    assert set(bundled) <= set(exported), set(bundled) - set(exported)
+    assert set(bundled["training"]) <= set(exported["training"]), set(bundled["training"]) - set(exported["training"])
+
+
 @pytest.mark.slow
 def test_init_from_starts_from_the_artifacts_weights_and_refuses_what_does_not_fit(
     trained: Path, faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
