@@ -84,7 +84,7 @@ COPY --from=build /opt/venv /opt/venv
 COPY models/face /opt/sketchserve/models/face
 ENV PATH=/opt/venv/bin:$PATH \
     SKETCHSERVE_MODEL_DIR=/opt/sketchserve/models/face \
-    SKETCHSERVE_HOST=[::] \
+    SKETCHSERVE_HOST=0.0.0.0 \
     SKETCHSERVE_PORT=50051 \
     SKETCHSERVE_METRICS_PORT=9090 \
     SKETCHSERVE_DEVICE=auto
