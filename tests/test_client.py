@@ -17,7 +17,7 @@ from server_fixtures import (
 )
 
 from sketchserve.client import AsyncSketchClient, Sampling, Sketch, SketchClient, SketchServiceError, health
-from sketchserve.client.convert import sketch_from_pb
+from sketchserve.client.convert import SketchInput, sketch_from_pb
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,7 +49,7 @@ def test_encode_chunks_onto_a_stream_with_the_same_codes(client: SketchClient) -
 
 def test_every_input_form_of_one_drawing_gives_the_same_code(client: SketchClient) -> None:
     sketch = _sketches(2, 1)[0]
-    forms = [sketch, list(sketch.strokes), sketch.to_stroke3()]
+    forms: list[SketchInput] = [sketch, list(sketch.strokes), sketch.to_stroke3()]
     mu = client.encode(forms).mu
     np.testing.assert_allclose(mu[1], mu[0], atol=MU_TOLERANCE)
     np.testing.assert_allclose(mu[2], mu[0], atol=MU_TOLERANCE)
@@ -117,7 +117,7 @@ def test_deadline_and_malformed_input(clustered_server: RunningServer) -> None:
             client.encode([_sketches(7, 1)[0], np.zeros((3, 2))])
 
 
-def test_unavailable_is_retried_through_the_service_config(tiny_model: Path) -> None:
+def test_unavailable_is_retried_up_to_the_attempts(tiny_model: Path) -> None:
     attempts = 3
     with running_server(server_config(tiny_model), load=False) as server:
         assert health.main(["--target", server.target]) == 1  # listening, not loaded: NOT_SERVING

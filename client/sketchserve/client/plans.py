@@ -156,7 +156,11 @@ def reconstruct(
     """Redraw sketches, or decode latents: exactly one of the two."""
     if (sketches is None) == (latents is None):
         raise ValueError("give exactly one of sketches or latents")
-    settings = {"temperature": sampling.temperature, "max_points": sampling.max_points, "seed": sampling.seed}
+    settings: dict[str, Any] = {
+        "temperature": sampling.temperature,
+        "max_points": sampling.max_points,
+        "seed": sampling.seed,
+    }
     if sketches is not None:
         requests, offsets = _sketch_requests(sketches, config, lambda s: sketch_pb2.ReconstructRequest(**s, **settings))
         return CallPlan("Reconstruct", requests, offsets, merge_reconstruct)
@@ -196,7 +200,10 @@ def finish(plan: CallPlan[ResultT], responses: list[Any]) -> ResultT:
 
 
 def failed(plan: CallPlan[Any], error: grpc.RpcError, answered: int) -> SketchServiceError:
-    """The typed error of a plan whose request number ``answered`` failed."""
+    """The typed error of a plan whose request number ``answered`` failed.
+
+    A stream resumed after ``answered`` responses numbers its requests from there.
+    """
     if plan.streaming:
-        return from_rpc_error(error, plan.method, stream_offsets=plan.offsets)
+        return from_rpc_error(error, plan.method, stream_offsets=plan.offsets[answered:])
     return from_rpc_error(error, plan.method, plan.offsets[min(answered, len(plan.offsets) - 1)])
