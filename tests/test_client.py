@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
+from typing import IO
 
 import grpc
 import numpy as np
@@ -175,3 +183,90 @@ def test_a_seed_draws_the_same_sketch_served_and_sampled(client: SketchClient, c
     assert any(len(s) > 1 for s in sampled)
     for one, other in zip(served.sketches, sampled, strict=True):
         np.testing.assert_allclose(one.to_stroke3(), Sketch.from_stroke3(other).to_stroke3(), atol=1e-3)
+
+
+RESTART_SKETCHES = 1200
+RESTART_CHUNK = 8  # 150 requests: the kill lands mid-call
+# Batches wait this long for company: the call lasts long enough to be interrupted.
+RESTART_DELAY_MS = "40"
+ACCEPTED = re.compile(r"event=\"call accepted\" method=(\w+)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve_process(model: Path, port: int, log: IO[str] | None = None) -> subprocess.Popen[str]:
+    """A server on ``port``, logging each accepted call to a pipe (or to ``log``, which never fills)."""
+    command = [sys.executable, "-m", "sketchserve.cli", "serve", "--model", str(model), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--metrics-port", "-1", "--torch-threads", "1", "--log-level", "DEBUG"]
+    command += ["--max-batch-size", "64", "--max-delay-ms", RESTART_DELAY_MS, "--grace-seconds", "30"]
+    stderr = subprocess.PIPE if log is None else log
+    return subprocess.Popen(command, stderr=stderr, stdout=subprocess.DEVNULL, text=True)
+
+
+def wait_accepted(proc: subprocess.Popen[str], method: str, count: int) -> None:
+    """Read the server's log until it has accepted ``count`` calls of ``method``."""
+    assert proc.stderr is not None
+    seen = 0
+    for line in proc.stderr:
+        found = ACCEPTED.search(line)
+        if found and found.group(1) == method:
+            seen += 1
+            if seen == count:
+                return
+    raise AssertionError(f"server log ended after {seen} {method} calls")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=CALL_TIMEOUT_S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("operation", "method", "how"),
+    [
+        ("encode", "EncodeStream", signal.SIGKILL),
+        ("assign", "Assign", signal.SIGKILL),
+        ("encode", "EncodeStream", signal.SIGTERM),
+    ],
+)
+def test_a_bulk_call_rides_out_a_server_restart(
+    clustered_model: Path, tmp_path: Path, operation: str, method: str, how: signal.Signals
+) -> None:
+    """Killed (or drained) and restarted on the same port mid-call: every result once, in order, as undisturbed."""
+    sketches = _sketches(20, RESTART_SKETCHES)
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    first = serve_process(clustered_model, port)
+    second = None
+    try:
+        with ExitStack() as stack:
+            client = stack.enter_context(SketchClient(target, max_sketches_per_call=RESTART_CHUNK))
+            pool = stack.enter_context(ThreadPoolExecutor(1))
+            disturbed = pool.submit(getattr(client, operation), sketches)
+            wait_accepted(first, method, 2 if method == "Assign" else 1)
+            first.send_signal(how)
+            first.communicate(timeout=CALL_TIMEOUT_S)
+            second = serve_process(clustered_model, port, stack.enter_context((tmp_path / "second.log").open("w")))
+            result = disturbed.result(timeout=CALL_TIMEOUT_S)
+            undisturbed = getattr(client, operation)(sketches)
+        if operation == "encode":
+            assert result.mu.shape == (RESTART_SKETCHES, undisturbed.mu.shape[1])
+            np.testing.assert_allclose(result.mu, undisturbed.mu, atol=MU_TOLERANCE)
+        else:
+            np.testing.assert_array_equal(result.cluster, undisturbed.cluster)
+            np.testing.assert_allclose(result.distance, undisturbed.distance, atol=MU_TOLERANCE)
+        # The restarted server answered the rest of the interrupted call, then the whole undisturbed one.
+        stop(second)
+        resumed = [m for m in ACCEPTED.findall((tmp_path / "second.log").read_text()) if m == method]
+        assert len(resumed) > (1 if method == "EncodeStream" else RESTART_SKETCHES // RESTART_CHUNK)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
