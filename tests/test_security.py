@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_fixtures import CALL_TIMEOUT_S, RunningServer, random_sketches, running_server, server_config
 
-from sketchserve.client import SketchClient, SketchServiceError
+from sketchserve import cli as dispatcher
+from sketchserve.client import SketchClient, SketchServiceError, health
 from sketchserve.client.types import Sketch
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.config import ConfigError, ServerConfig, config_from_args
@@ -243,3 +245,35 @@ def test_token_checks() -> None:
     assert find_grant(grants, b"b") == grants[1]
     assert find_grant(grants, b"ab") is None
     check_call(grants, (("authorization", "Bearer b"),), "GetModelInfo")
+
+
+def test_the_command_line_speaks_mutual_tls_and_tokens(
+    tiny_model: Path, pki: Pki, tokens_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = server_config(
+        tiny_model,
+        tls_cert=pki.server_cert,
+        tls_key=pki.server_key,
+        tls_client_ca=pki.ca,
+        auth_tokens_file=tokens_file,
+    )
+    token = tmp_path / "token"
+    token.write_text(f"{READ_ONLY_TOKEN}\n")
+    tls = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+    with running_server(cfg) as server:
+        base = ["info", "--target", server.target, "--retry-budget", "0"]
+        assert dispatcher.main([*base, *tls, "--token-file", str(token)]) == 0
+        assert json.loads(capsys.readouterr().out)["latent_size"] > 0
+        assert dispatcher.main([*base, *tls]) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        assert dispatcher.main([*base, "--token-file", str(token)]) == 1
+        assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_the_health_probe_speaks_mutual_tls(tiny_model: Path, pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = server_config(tiny_model, tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca)
+    with running_server(cfg) as server:
+        tls = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+        assert health.main(["--target", server.target, *tls]) == 0
+        assert health.main(["--target", server.target]) == 1
+    assert capsys.readouterr().out.splitlines() == [f"{server.target}: SERVING", f"{server.target}: UNAVAILABLE"]
