@@ -335,3 +335,25 @@ def test_extreme_finite_latents_are_refused_by_name_and_the_bound_decodes(shared
         request = sketch_pb2.ReconstructRequest(latents=edge, temperature=temperature, max_points=32)
         response = shared_server.stub.Reconstruct(request, timeout=CALL_TIMEOUT_S)
         assert len(response.sketches) == 2
+
+
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "face"
+
+
+@pytest.mark.slow
+def test_the_trained_model_decodes_up_to_the_latent_bound_and_refuses_beyond() -> None:
+    """Float32's largest value is refused by name; the bound itself still draws on the bundled face model."""
+    with running_server(server_config(BUNDLED_MODEL, warmup=False)) as server:
+        size = server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest()).latent_size
+        largest = sketch_pb2.ReconstructRequest(
+            latents=[sketch_pb2.Embedding(mu=[3.4028235e38] * size)], temperature=1.0
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            server.stub.Reconstruct(largest, timeout=CALL_TIMEOUT_S)
+        assert caught.value.code() == INVALID
+        assert caught.value.details().startswith("latents[0].mu[0]: 3.40282e+38 is outside")
+        edge = [sketch_pb2.Embedding(mu=[sign * MAX_LATENT_ABS] * size) for sign in (1.0, -1.0)]
+        for temperature in (0.0, 1.0):
+            request = sketch_pb2.ReconstructRequest(latents=edge, temperature=temperature)
+            response = server.stub.Reconstruct(request, timeout=CALL_TIMEOUT_S)
+            assert [len(s.strokes) > 0 for s in response.sketches] == [True, True]

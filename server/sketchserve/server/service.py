@@ -33,9 +33,10 @@ SERVICE_NAME = sketch_pb2.DESCRIPTOR.services_by_name["SketchService"].full_name
 # The contract's temperature range: 0 is greedy, 2 is already very wild.
 MAX_TEMPERATURE = 2.0
 # Largest |value| of a latent given to Reconstruct: 10,000 standard deviations of the N(0, I)
-# prior the decoder was trained on, far beyond any encoder output. The bundled face decoder
-# already saturates there (the same drawing from 1e4 to 1e30) and overflows float32 to NaN
-# near 3.4e38; the bound keeps every model well inside float32 (see the proto's comment).
+# prior the decoder was trained on, far beyond any encoder output. The bundled face decoder's
+# drawings stop changing from there on (its gates saturate: the same offsets from 1e4 to 1e30),
+# and values near float32's largest (3.4e38) overflow its first layers to infinities; the bound
+# keeps every decoder's arithmetic finite (see the proto's comment).
 MAX_LATENT_ABS = 1e4
 DRAINING_MESSAGE = "draining: the server is shutting down; resend the unanswered requests"
 
