@@ -14,7 +14,7 @@ from sketchserve.client import plans
 from sketchserve.client.base import ClientBase
 from sketchserve.client.convert import SketchInput
 from sketchserve.client.plans import CallPlan, ResultT, Sampling
-from sketchserve.client.retry import Backoff
+from sketchserve.client.retry import Backoff, masked_by_write
 from sketchserve.client.types import AssignResult, ClusterList, EncodeResult, ModelInfo, ReconstructResult, ScoreResult
 
 
@@ -32,18 +32,35 @@ class AsyncSketchClient(ClientBase):
             return plans.finish(plan, await self._concurrently(plan, method))
         responses: list[Any] = []
         backoff = Backoff(self.config)
-        while True:
+        while len(responses) < len(plan.requests):
+            start, alone = len(responses), False
             try:
-                remaining = iter(plan.requests[len(responses) :])
-                async for response in method(remaining, **self._call_arguments(plan, len(responses))):
+                remaining = iter(plan.requests[start:])
+                async for response in method(remaining, **self._call_arguments(plan, start)):
                     responses.append(response)
                     backoff.answered()
-                return plans.finish(plan, responses)
-            except grpc.RpcError as error:
-                wait = backoff.next_wait(error)
-                if wait is None:
-                    raise plans.failed(plan, error, len(responses)) from None
-                await asyncio.sleep(wait)
+                break
+            except grpc.RpcError as masked:
+                error = masked
+            if masked_by_write(error):
+                alone = True
+                try:
+                    responses.append(await self._unary_twin(plan, len(responses)))
+                    backoff.answered()
+                    continue
+                except grpc.RpcError as real:
+                    error = real
+            wait = backoff.next_wait(error)
+            if wait is None:
+                raise plans.failed(plan, error, len(responses) if alone else start, alone=alone) from None
+            await asyncio.sleep(wait)
+        return plans.finish(plan, responses)
+
+    async def _unary_twin(self, plan: CallPlan[Any], index: int) -> Any:
+        """Request ``index`` of a streaming plan, sent alone: its answer, or its real status."""
+        twin = getattr(self._stub, plan.unary_twin)
+        single = CallPlan(plan.unary_twin, plan.requests[index : index + 1], plan.offsets[index : index + 1], list)
+        return await twin(plan.requests[index], **self._call_arguments(single))
 
     async def _concurrently(self, plan: CallPlan[Any], method: Any) -> list[Any]:
         """The plan's unary requests, ``max_calls_in_flight`` at a time, each retried on its own.

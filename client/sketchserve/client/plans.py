@@ -41,6 +41,7 @@ class CallPlan(Generic[ResultT]):
     offsets: tuple[int, ...]  # index, in the caller's input, of each request's first sketch
     merge: Callable[[list[Any]], ResultT]
     streaming: bool = False  # one bidirectional stream carries all requests
+    unary_twin: str = ""  # of a streaming plan: the unary RPC that answers one of its requests alike
 
 
 def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
@@ -86,7 +87,9 @@ def encode(sketches: Sequence[SketchInput], config: ClientConfig) -> CallPlan[En
         sketches, config, lambda s: sketch_pb2.EncodeRequest(**s, packed_response=config.packed)
     )
     streaming = len(requests) > 1
-    return CallPlan("EncodeStream" if streaming else "Encode", requests, offsets, merge_encode, streaming)
+    if streaming:
+        return CallPlan("EncodeStream", requests, offsets, merge_encode, streaming=True, unary_twin="Encode")
+    return CallPlan("Encode", requests, offsets, merge_encode)
 
 
 def merge_assign(responses: list[sketch_pb2.AssignResponse]) -> AssignResult:
@@ -199,11 +202,12 @@ def finish(plan: CallPlan[ResultT], responses: list[Any]) -> ResultT:
     return plan.merge(responses)
 
 
-def failed(plan: CallPlan[Any], error: grpc.RpcError, answered: int) -> SketchServiceError:
+def failed(plan: CallPlan[Any], error: grpc.RpcError, answered: int, *, alone: bool = False) -> SketchServiceError:
     """The typed error of a plan whose request number ``answered`` failed.
 
-    A stream resumed after ``answered`` responses numbers its requests from there.
+    On a stream, ``answered`` is where the failed stream began (it numbers its
+    requests from there); ``alone``: that request went by itself (a stream's unary twin).
     """
-    if plan.streaming:
+    if plan.streaming and not alone:
         return from_rpc_error(error, plan.method, stream_offsets=plan.offsets[answered:])
     return from_rpc_error(error, plan.method, plan.offsets[min(answered, len(plan.offsets) - 1)])

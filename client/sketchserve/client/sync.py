@@ -35,10 +35,10 @@ class SketchClient(ClientBase):
         responses: list[Any] = []
         backoff = Backoff(self.config)
         while len(responses) < len(plan.requests):
+            start = len(responses)
             try:
                 if plan.streaming:
-                    remaining = iter(plan.requests[len(responses) :])
-                    for response in method(remaining, **self._call_arguments(plan, len(responses))):
+                    for response in method(iter(plan.requests[start:]), **self._call_arguments(plan, start)):
                         responses.append(response)
                         backoff.answered()
                     break
@@ -47,7 +47,7 @@ class SketchClient(ClientBase):
             except grpc.RpcError as error:
                 wait = backoff.next_wait(error)
                 if wait is None:
-                    raise plans.failed(plan, error, len(responses)) from None
+                    raise plans.failed(plan, error, start) from None
                 time.sleep(wait)  # the backoff: nothing to wait on while the server is away
         return plans.finish(plan, responses)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -23,11 +24,14 @@ from sketchserve.clusters import ClusterTable
 from sketchserve.packed import PackedFormatError, PackedSketches, pack_rows, unpack
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.errors import FailedPrecondition, InvalidRequest, NotReady
+from sketchserve.server.logs import fields
 from sketchserve.server.results import Encoded, SketchTooLong
 from sketchserve.strokes import Drawing, InvalidDrawingError, check_point_caps, drawing_from_xy, stroke3_to_drawing
 
 if TYPE_CHECKING:
     from sketchserve.server.engine import SketchEngine
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = sketch_pb2.DESCRIPTOR.services_by_name["SketchService"].full_name
 # The contract's temperature range: 0 is greedy, 2 is already very wild.
@@ -349,6 +353,7 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
                     if request is _DRAINED:
                         pending.put_nowait(NotReady(DRAINING_MESSAGE))
                         return
+                    log.debug("stream request", extra=fields(method="EncodeStream", index=index))
                     prefix = f"requests[{index}]."
                     pending.put_nowait(asyncio.ensure_future(self._encode(state, request, context, prefix)))
             except Exception as exc:  # noqa: BLE001 - handed to the writer, which raises it in order
