@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -210,3 +211,14 @@ def test_no_stream_is_internal_or_unknown(fuzzed: RunningServer) -> None:
         assert code not in FORBIDDEN, bodies
 
     one()
+
+
+def test_the_atheris_target_runs_against_a_real_server(fuzzed: RunningServer) -> None:
+    """bench/fuzz_server.py's target on fixed inputs (the long coverage-guided run is a benchmark)."""
+    pytest.importorskip("atheris", reason="atheris is in the fuzz extra")
+    import fuzz_server
+
+    target = fuzz_server.make_target(fuzzed.channel, latent_size(fuzzed))
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 7, 64, 512) * 20:
+        target(rng.bytes(size))
