@@ -15,9 +15,10 @@ exists, so a refused call costs no request decoding and no model work:
 - a known token not allowed this method: PERMISSION_DENIED.
 
 Tokens are compared in constant time (``hmac.compare_digest`` against every
-known token, no early exit). ``grpc.health.v1`` is exempt unless
-``--auth-health`` (probes carry no token and health says only SERVING or
-not); reflection is not exempt. With both tokens and mutual TLS, a caller
+known token, no early exit). Probes (``grpc.health.v1``, and the Open
+Inference Protocol's ServerLive, ServerReady, ModelReady) are exempt unless
+``--auth-health``: they carry no token and say only ready or not; reflection
+and every other RPC are not exempt. With both tokens and mutual TLS, a caller
 needs both. The file is read once at startup.
 """
 
@@ -47,7 +48,13 @@ log = logging.getLogger(__name__)
 
 AUTHORIZATION = "authorization"
 BEARER = "bearer "
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# What probes call: grpc.health.v1, and the Open Inference Protocol's liveness and readiness.
+PROBES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+    "/inference.GRPCInferenceService/ModelReady",
+)
 COMMENT = "#"
 
 
@@ -160,7 +167,7 @@ class AuthInterceptor(HandlerInterceptor):
         self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         full_method = handler_call_details.method
-        if self._exempt_health and full_method.startswith(HEALTH_PREFIX):
+        if self._exempt_health and full_method.startswith(PROBES):
             return handler
         method = method_name(full_method)
         try:
