@@ -88,6 +88,25 @@ def strokes(draw: st.DrawFn) -> sketch_pb2.Stroke:
     return sketch_pb2.Stroke(x=xs, y=ys)
 
 
+@st.composite
+def packed_sketches(draw: st.DrawFn) -> sketch_pb2.PackedSketches:
+    """The packed form: usually consistent counts over float32 points, sometimes counts or bytes that are not."""
+    strokes_of = draw(st.lists(st.integers(1, 3), min_size=1, max_size=MAX_LIST))
+    stroke_points = draw(st.lists(st.integers(1, 12), min_size=sum(strokes_of), max_size=sum(strokes_of)))
+    points = np.array(draw(st.lists(floats(), min_size=2 * sum(stroke_points), max_size=2 * sum(stroke_points))))
+    data = points.astype("<f4").tobytes()
+    if draw(st.integers(0, 3)) == 0:
+        data = draw(st.one_of(st.binary(max_size=64), st.just(data[: max(len(data) - 3, 0)])))
+    if draw(st.integers(0, 3)) == 0:
+        stroke_points = draw(st.lists(st.integers(0, 2**32 - 1), max_size=4))
+    return sketch_pb2.PackedSketches(
+        points=data,
+        stroke_points=stroke_points,
+        sketch_strokes=strokes_of,
+        ids=draw(st.one_of(st.just([]), st.lists(st.text(max_size=5), max_size=MAX_LIST))),
+    )
+
+
 def scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     if field.full_name in IN_RANGE:
         valid = IN_RANGE[field.full_name]
@@ -102,6 +121,10 @@ def _any_scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
         return st.one_of(st.integers(0, 2 ** UINT_BITS[field.type] - 1), st.integers(0, 300))
     if field.type == FieldDescriptor.TYPE_STRING:
         return st.text(max_size=20)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return st.binary(max_size=64)
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return st.booleans()
     raise TypeError(f"no strategy for {field.full_name} (type {field.type})")
 
 
@@ -109,7 +132,11 @@ def messages(descriptor: Descriptor, latent_size: int) -> st.SearchStrategy[Mess
     """Any message of ``descriptor``'s type, field by field."""
     if descriptor.full_name == sketch_pb2.Stroke.DESCRIPTOR.full_name:
         return strokes()
+    if descriptor.full_name == sketch_pb2.PackedSketches.DESCRIPTOR.full_name:
+        return packed_sketches()
     parts: dict[str, st.SearchStrategy[Any]] = {}
+    # A singular message field's presence means something (e.g. `packed` instead of `sketches`).
+    present_or_not = {f.name for f in descriptor.fields if f.message_type is not None and not _repeated(f)}
     for field in descriptor.fields:
         if field.message_type is not None:
             one = messages(field.message_type, latent_size)
@@ -123,14 +150,17 @@ def messages(descriptor: Descriptor, latent_size: int) -> st.SearchStrategy[Mess
     cls = _message_class(descriptor)
     if descriptor.full_name == sketch_pb2.ReconstructRequest.DESCRIPTOR.full_name:
         # Sketches or latents (either alone is what validation wants), or both, or neither.
-        required = {k: v for k, v in parts.items() if k not in {"sketches", "latents"}}
+        required = {k: v for k, v in parts.items() if k not in {"sketches", "latents", *present_or_not}}
         inputs = st.one_of(
             st.fixed_dictionaries({"sketches": parts["sketches"]}),
             st.fixed_dictionaries({"latents": parts["latents"]}),
             st.fixed_dictionaries({}, optional={"sketches": parts["sketches"], "latents": parts["latents"]}),
         )
-        return st.tuples(st.fixed_dictionaries(required), inputs).map(lambda t: cls(**t[0], **t[1]))
-    return st.fixed_dictionaries(parts).map(lambda values: cls(**values))
+        optional = {k: parts[k] for k in present_or_not}
+        return st.tuples(st.fixed_dictionaries(required, optional=optional), inputs).map(lambda t: cls(**t[0], **t[1]))
+    required = {k: v for k, v in parts.items() if k not in present_or_not}
+    optional = {k: parts[k] for k in present_or_not}
+    return st.fixed_dictionaries(required, optional=optional).map(lambda values: cls(**values))
 
 
 def _mostly_some(one: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
