@@ -76,20 +76,40 @@ def build_sketch(fdp: atheris.FuzzedDataProvider) -> sketch_pb2.Sketch:
     return sketch
 
 
+def build_packed(fdp: atheris.FuzzedDataProvider) -> sketch_pb2.PackedSketches:
+    """The packed form: float32 points and the counts that cut them into strokes and sketches."""
+    counts = [fdp.ConsumeIntInRange(0, MAX_POINTS) for _ in range(fdp.ConsumeIntInRange(0, MAX_STROKES))]
+    return sketch_pb2.PackedSketches(
+        points=fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 8 * MAX_POINTS)),
+        stroke_points=counts,
+        sketch_strokes=[fdp.ConsumeIntInRange(0, MAX_STROKES) for _ in range(fdp.ConsumeIntInRange(0, MAX_SKETCHES))],
+    )
+
+
+def sketch_fields(fdp: atheris.FuzzedDataProvider) -> dict[str, Any]:
+    """A request's sketches, readable or packed (rarely both)."""
+    fields: dict[str, Any] = {"sketches": [build_sketch(fdp) for _ in range(fdp.ConsumeIntInRange(0, MAX_SKETCHES))]}
+    if fdp.ConsumeBool():
+        fields["packed"] = build_packed(fdp)
+        if fdp.ConsumeIntInRange(0, 3):
+            fields["sketches"] = []
+    return fields
+
+
 def build_request(method: str, fdp: atheris.FuzzedDataProvider, latent_size: int) -> Any:
     """A request of ``method``'s type whose every field comes from the input."""
-    sketches = [build_sketch(fdp) for _ in range(fdp.ConsumeIntInRange(0, MAX_SKETCHES))]
+    sketches = sketch_fields(fdp)
     if method in {"Encode", "EncodeStream", "Score"}:
-        return getattr(sketch_pb2, SERVICE.methods_by_name[method].input_type.name)(sketches=sketches)
+        return getattr(sketch_pb2, SERVICE.methods_by_name[method].input_type.name)(**sketches)
     if method == "Assign":
-        return sketch_pb2.AssignRequest(sketches=sketches, top_k=fdp.ConsumeIntInRange(0, 2**32 - 1))
+        return sketch_pb2.AssignRequest(**sketches, top_k=fdp.ConsumeIntInRange(0, 2**32 - 1))
     if method == "Reconstruct":
         latents = [
             sketch_pb2.Embedding(mu=consume_floats(fdp, latent_size + fdp.ConsumeIntInRange(-1, 1)))
             for _ in range(fdp.ConsumeIntInRange(0, MAX_SKETCHES))
         ]
         return sketch_pb2.ReconstructRequest(
-            sketches=sketches if fdp.ConsumeBool() else [],
+            **(sketches if fdp.ConsumeBool() else {}),
             latents=latents,
             temperature=fdp.ConsumeFloat(),
             max_points=fdp.ConsumeIntInRange(0, 2**32 - 1),
