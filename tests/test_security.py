@@ -19,6 +19,8 @@ from server_fixtures import CALL_TIMEOUT_S, RunningServer, random_sketches, runn
 from sketchserve import cli as dispatcher
 from sketchserve.client import SketchClient, SketchServiceError, health
 from sketchserve.client.types import Sketch
+from sketchserve.pb.inference import open_inference_grpc_pb2 as oip_pb2
+from sketchserve.pb.inference import open_inference_grpc_pb2_grpc as oip_pb2_grpc
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.config import ConfigError, ServerConfig, config_from_args
 from sketchserve.server.security import Grant, bearer_token, check_call, find_grant, read_tokens
@@ -277,3 +279,15 @@ def test_the_health_probe_speaks_mutual_tls(tiny_model: Path, pki: Pki, capsys: 
         assert health.main(["--target", server.target, *tls]) == 0
         assert health.main(["--target", server.target]) == 1
     assert capsys.readouterr().out.splitlines() == [f"{server.target}: SERVING", f"{server.target}: UNAVAILABLE"]
+
+
+def test_inference_probes_are_exempt_like_health_and_inference_is_not(token_server: RunningServer) -> None:
+    oip = oip_pb2_grpc.GRPCInferenceServiceStub(token_server.channel)
+    assert oip.ServerReady(oip_pb2.ServerReadyRequest(), timeout=CALL_TIMEOUT_S).ready
+    assert oip.ServerLive(oip_pb2.ServerLiveRequest(), timeout=CALL_TIMEOUT_S).live
+    with pytest.raises(grpc.RpcError) as caught:
+        oip.ServerMetadata(oip_pb2.ServerMetadataRequest(), timeout=CALL_TIMEOUT_S)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as caught:
+        oip.ModelInfer(oip_pb2.ModelInferRequest(model_name="sketch-encoder"), timeout=CALL_TIMEOUT_S)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
