@@ -82,9 +82,11 @@ RUN groupadd --system --gid 10001 sketchserve \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sketchserve
 COPY --from=build /opt/venv /opt/venv
 COPY models/face /opt/sketchserve/models/face
+# All interfaces inside the container (a bare `sketchserve serve` binds 127.0.0.1 only);
+# TLS and tokens come from mounted files named by SKETCHSERVE_TLS_* / SKETCHSERVE_AUTH_TOKENS_FILE.
 ENV PATH=/opt/venv/bin:$PATH \
     SKETCHSERVE_MODEL_DIR=/opt/sketchserve/models/face \
-    SKETCHSERVE_HOST=[::] \
+    SKETCHSERVE_HOST=0.0.0.0 \
     SKETCHSERVE_PORT=50051 \
     SKETCHSERVE_METRICS_PORT=9090 \
     SKETCHSERVE_DEVICE=auto

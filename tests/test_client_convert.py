@@ -13,6 +13,7 @@ import pytest
 from sketchserve.client import ClientConfig, Sampling, Sketch, SketchServiceError, convert, plans
 from sketchserve.client import config as client_config
 from sketchserve.client.errors import from_rpc_error, join_stream_indices, shift_sketch_indices
+from sketchserve.client.retry import Backoff
 from sketchserve.pb.sketch.v1 import sketch_pb2
 
 TRIANGLE_S3 = np.array([[10, 20, 0], [5, 0, 0], [-5, 5, 1], [30, 0, 0], [0, 4, 1]], dtype=np.float32)
@@ -142,13 +143,10 @@ def test_reconstruct_plans() -> None:
         Sampling(temperature=3.0)
 
 
-def test_service_config_retries_unavailable() -> None:
+def test_channel_options_leave_retries_to_the_client() -> None:
     options = dict(client_config.channel_options(ClientConfig(), (("grpc.primary_user_agent", "t"),)))
-    parsed = json.loads(options["grpc.service_config"])
-    method = parsed["methodConfig"][0]
-    assert method["name"] == [{"service": "sketch.v1.SketchService"}]
-    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
-    assert method["retryPolicy"]["maxAttempts"] == 5
+    # One retry layer, sketchserve.client.retry: the service config only balances.
+    assert "methodConfig" not in json.loads(options["grpc.service_config"])
     assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
     assert options["grpc.primary_user_agent"] == "t"
 
@@ -163,6 +161,41 @@ def test_channels_balance_round_robin_and_keep_alive() -> None:
     assert json.loads(single["grpc.service_config"])["loadBalancingConfig"] == [{"pick_first": {}}]
     with pytest.raises(ValueError, match="load_balancing"):
         ClientConfig(load_balancing="random")
+
+
+class Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+class Invalid(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.INVALID_ARGUMENT
+
+
+def schedule(config: ClientConfig) -> list[float]:
+    """The waits of the longest outage the default settings ride out (no jitter: the longest waits)."""
+    clock = [0.0]
+    backoff = Backoff(config, clock=lambda: clock[0], draw=lambda low, high: high)
+    waits = []
+    while (wait := backoff.next_wait(Unavailable())) is not None:
+        waits.append(wait)
+        clock[0] += wait
+    return waits
+
+
+def test_default_retries_span_a_restart_and_reset_on_progress() -> None:
+    waits = schedule(ClientConfig())
+    # A killed server is back within ~2.4 s: the default rides out more than ten times that.
+    assert sum(waits) > 25.0 and sum(waits) <= ClientConfig().retry_budget
+    assert waits[:4] == pytest.approx([0.1, 0.2, 0.4, 0.8]) and max(waits) == ClientConfig().retry_max_backoff
+    assert schedule(ClientConfig(retry_attempts=3)) == pytest.approx([0.1, 0.2])
+    assert schedule(ClientConfig(retry_budget=0.0)) == []
+    backoff = Backoff(ClientConfig(), draw=lambda low, high: high)
+    assert backoff.next_wait(Invalid()) is None
+    assert [backoff.next_wait(Unavailable()) for _ in range(2)] == pytest.approx([0.1, 0.2])
+    backoff.answered()
+    assert backoff.next_wait(Unavailable()) == pytest.approx(0.1)
 
 
 def test_config_validation_and_overrides() -> None:

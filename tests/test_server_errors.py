@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,7 +23,15 @@ from server_fixtures import (
 
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.batching import DeadlineDropped, QueueFull
-from sketchserve.server.errors import INTERNAL_MESSAGE, InvalidRequest, StatusInterceptor, map_exception
+from sketchserve.server.errors import (
+    INTERNAL_MESSAGE,
+    InvalidRequest,
+    StatusInterceptor,
+    cancelled_code,
+    map_exception,
+)
+from sketchserve.server.logs import RateLimitedLog
+from sketchserve.server.service import MAX_LATENT_ABS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -191,6 +200,14 @@ def test_status_mapping_table() -> None:
     assert map_exception(KeyError("secret")).message == INTERNAL_MESSAGE
 
 
+def test_a_call_cancelled_at_its_deadline_counts_as_deadline_exceeded() -> None:
+    """The caller's timer runs ahead of the server's, so its cancel arrives with a little time left."""
+    assert cancelled_code(0.0) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert cancelled_code(0.02) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert cancelled_code(5.0) == grpc.StatusCode.CANCELLED
+    assert cancelled_code(None) == grpc.StatusCode.CANCELLED
+
+
 class Exploding(sketch_pb2_grpc.SketchServiceServicer):
     """A servicer with a bug in every method, to show the interceptor turns any error into INTERNAL."""
 
@@ -242,3 +259,101 @@ def test_no_input_wedges_the_server(shared_server: RunningServer) -> None:
     response = shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=garbage), timeout=CALL_TIMEOUT_S)
     assert np.isfinite([list(e.mu) for e in response.embeddings]).all()
     assert len(shared_server.stub.Encode(sketch_pb2.EncodeRequest(sketches=random_sketches(1, 2))).embeddings) == 2
+
+
+ENCODE = "/sketch.v1.SketchService/Encode"
+ENCODE_STREAM = "/sketch.v1.SketchService/EncodeStream"
+
+
+def bad_utf8_id_request() -> bytes:
+    """A well-formed EncodeRequest whose sketch id is not UTF-8 (proto3 strings must be)."""
+    good = sketch_pb2.EncodeRequest(sketches=[sketch(stroke([0, 1], [0, 1]), sketch_id="ab")]).SerializeToString()
+    return good.replace(b"ab", b"\xff\xfe")
+
+
+@pytest.fixture
+def fresh_server(tiny_model: Path) -> Iterator[RunningServer]:
+    """A server of its own: its once-per-interval log has not spoken yet."""
+    with running_server(server_config(tiny_model)) as server:
+        yield server
+
+
+def test_undecodable_requests_are_invalid_argument_counted_and_logged_once(
+    fresh_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared_server = fresh_server
+
+    def counted(method: str) -> float:
+        return shared_server.metric("sketchserve_requests_total", method=method, code="INVALID_ARGUMENT")
+
+    before = counted("Encode"), counted("EncodeStream")
+    encode = shared_server.channel.unary_unary(ENCODE)
+    stream = shared_server.channel.stream_stream(ENCODE_STREAM)
+    with caplog.at_level(logging.WARNING, logger="sketchserve.server.errors"):
+        for body in (b"\xff", bad_utf8_id_request(), b"\x0a\x05\x12"):
+            with pytest.raises(grpc.RpcError) as caught:
+                encode(body, timeout=CALL_TIMEOUT_S)
+            assert caught.value.code() == INVALID
+            assert caught.value.details().startswith("request: not a valid sketch.v1.EncodeRequest message")
+        good = sketch_pb2.EncodeRequest(sketches=[GOOD]).SerializeToString()
+        responses = stream(iter([good, b"\xff"]), timeout=CALL_TIMEOUT_S)
+        assert len(sketch_pb2.EncodeResponse.FromString(next(responses)).embeddings) == 1
+        with pytest.raises(grpc.RpcError) as caught:
+            next(responses)
+        assert caught.value.code() == INVALID
+        assert caught.value.details().startswith("requests[1]: not a valid sketch.v1.EncodeRequest message")
+    # Read after a call that the server answered later: each is counted just after its answer.
+    shared_server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S)
+    assert (counted("Encode") - before[0], counted("EncodeStream") - before[1]) == (3, 1)
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in logged] == ["undecodable request"]
+    assert not any(r.exc_info for r in logged)
+    assert "DecodeError" not in caplog.text
+
+
+def test_rate_limited_log_counts_what_it_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    noisy = RateLimitedLog(logging.getLogger("test.noisy"), 10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.noisy"):
+        for t in (0.0, 1.0, 2.0, 10.5, 11.0):
+            now[0] = t
+            noisy.warning("event", n=t)
+    assert [(r.__dict__["kv"]["n"], r.__dict__["kv"]["suppressed"]) for r in caplog.records] == [(0.0, 0), (10.5, 2)]
+
+
+def test_extreme_finite_latents_are_refused_by_name_and_the_bound_decodes(shared_server: RunningServer) -> None:
+    size = shared_server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest()).latent_size
+    huge = [sketch_pb2.Embedding(mu=[0.0] * size), sketch_pb2.Embedding(mu=[1.0, -3.4028235e38] * (size // 2))]
+    with pytest.raises(grpc.RpcError) as caught:
+        shared_server.stub.Reconstruct(sketch_pb2.ReconstructRequest(latents=huge), timeout=CALL_TIMEOUT_S)
+    assert caught.value.code() == INVALID
+    assert (
+        caught.value.details() == f"latents[1].mu[1]: -3.40282e+38 is outside [-{MAX_LATENT_ABS:g}, {MAX_LATENT_ABS:g}]"
+    )
+    edge = [sketch_pb2.Embedding(mu=[sign * MAX_LATENT_ABS] * size) for sign in (1.0, -1.0)]
+    for temperature in (0.0, 1.0):
+        request = sketch_pb2.ReconstructRequest(latents=edge, temperature=temperature, max_points=32)
+        response = shared_server.stub.Reconstruct(request, timeout=CALL_TIMEOUT_S)
+        assert len(response.sketches) == 2
+
+
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "face"
+
+
+@pytest.mark.slow
+def test_the_trained_model_decodes_up_to_the_latent_bound_and_refuses_beyond() -> None:
+    """Float32's largest value is refused by name; the bound itself still draws on the bundled face model."""
+    with running_server(server_config(BUNDLED_MODEL, warmup=False)) as server:
+        size = server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest()).latent_size
+        largest = sketch_pb2.ReconstructRequest(
+            latents=[sketch_pb2.Embedding(mu=[3.4028235e38] * size)], temperature=1.0
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            server.stub.Reconstruct(largest, timeout=CALL_TIMEOUT_S)
+        assert caught.value.code() == INVALID
+        assert caught.value.details().startswith("latents[0].mu[0]: 3.40282e+38 is outside")
+        edge = [sketch_pb2.Embedding(mu=[sign * MAX_LATENT_ABS] * size) for sign in (1.0, -1.0)]
+        for temperature in (0.0, 1.0):
+            request = sketch_pb2.ReconstructRequest(latents=edge, temperature=temperature)
+            response = server.stub.Reconstruct(request, timeout=CALL_TIMEOUT_S)
+            assert [len(s.strokes) > 0 for s in response.sketches] == [True, True]

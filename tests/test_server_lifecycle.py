@@ -88,11 +88,9 @@ def slow_server(tiny_model: Path) -> Iterator[RunningServer]:
 ENCODE_STAGES = ("preprocess", "encode")
 
 
-def dropped(server: RunningServer) -> float:
+def dropped(server: RunningServer, reasons: tuple[str, ...] = ("cancelled", "deadline")) -> float:
     return sum(
-        server.metric("sketchserve_dropped_items_total", batcher=b, reason=r)
-        for b in ENCODE_STAGES
-        for r in ("cancelled", "deadline")
+        server.metric("sketchserve_dropped_items_total", batcher=b, reason=r) for b in ENCODE_STAGES for r in reasons
     )
 
 
@@ -104,6 +102,8 @@ def computed(server: RunningServer) -> list[float]:
 def test_a_call_whose_deadline_passes_while_queued_costs_no_compute(slow_server: RunningServer) -> None:
     probe = EngineProbe.install(slow_server)
     computed_before, dropped_before = computed(slow_server), dropped(slow_server)
+    expired_before = dropped(slow_server, ("deadline",))
+    counted_before = slow_server.metric("sketchserve_requests_total", method="Encode", code="DEADLINE_EXCEEDED")
     with pytest.raises(grpc.RpcError) as caught:
         slow_server.stub.Encode(encode_request(1, 1), timeout=SHORT_DEADLINE_S)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -114,6 +114,10 @@ def test_a_call_whose_deadline_passes_while_queued_costs_no_compute(slow_server:
     full = slow_server.stub.Encode(encode_request(2, SLOW_QUEUE), timeout=CALL_TIMEOUT_S)
     assert len(full.embeddings) == SLOW_QUEUE
     assert [after - before for after, before in zip(computed(slow_server), computed_before)] == [SLOW_QUEUE] * 2
+    # Counted as what it was: a deadline, not a caller who went away.
+    assert dropped(slow_server, ("deadline",)) - expired_before == 1
+    counted = slow_server.metric("sketchserve_requests_total", method="Encode", code="DEADLINE_EXCEEDED")
+    assert counted - counted_before == 1
 
 
 def test_a_full_queue_fails_fast_with_resource_exhausted(slow_server: RunningServer) -> None:
@@ -195,7 +199,7 @@ def test_sigterm_finishes_every_accepted_call_and_exits_zero(tiny_model: Path) -
         "--log-level",
         "DEBUG",
         "--grace-seconds",
-        "30",
+        "600",
     ]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
@@ -212,11 +216,16 @@ def test_sigterm_finishes_every_accepted_call_and_exits_zero(tiny_model: Path) -
             read_until(proc.stderr, re.compile(r"event=\"call accepted\" method=Encode\b"), IN_FLIGHT_CALLS)
             proc.send_signal(signal.SIGTERM)
             read_until(proc.stderr, re.compile(r"event=draining"))
-            requests.put(encode_request(20, 3))
-            requests.put(None)
-            assert [len(r.embeddings) for r in stream] == [3]
+            requests.put(encode_request(20, 3))  # after SIGTERM: not accepted, the client resends it elsewhere
+            with pytest.raises(grpc.RpcError) as ended:
+                next(stream)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "draining" in ended.value.details()
             assert [len(f.result().embeddings) for f in unary] == [1] * IN_FLIGHT_CALLS
-        _, rest = proc.communicate(timeout=CALL_TIMEOUT_S)
+            # The open stream (never half-closed by this client) does not hold the shutdown
+            # for the grace period, which is longer than this test's timeout.
+            _, rest = proc.communicate(timeout=CALL_TIMEOUT_S)
+            requests.put(None)
         assert proc.returncode == 0, rest
         assert "event=stopped" in rest
     finally:

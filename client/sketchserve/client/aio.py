@@ -14,6 +14,7 @@ from sketchserve.client import plans
 from sketchserve.client.base import ClientBase
 from sketchserve.client.convert import SketchInput
 from sketchserve.client.plans import CallPlan, ResultT, Sampling
+from sketchserve.client.retry import Backoff, masked_by_write
 from sketchserve.client.types import AssignResult, ClusterList, EncodeResult, ModelInfo, ReconstructResult, ScoreResult
 
 
@@ -27,27 +28,59 @@ class AsyncSketchClient(ClientBase):
 
     async def _run(self, plan: CallPlan[ResultT]) -> ResultT:
         method = getattr(self._stub, plan.method)
-        call = self._call_arguments(plan)
         if not plan.streaming:
-            return plans.finish(plan, await self._concurrently(plan, method, call))
+            return plans.finish(plan, await self._concurrently(plan, method))
         responses: list[Any] = []
-        try:
-            async for response in method(iter(plan.requests), **call):
-                responses.append(response)
-        except grpc.RpcError as error:
-            raise plans.failed(plan, error, len(responses)) from None
+        backoff = Backoff(self.config)
+        while len(responses) < len(plan.requests):
+            start, alone = len(responses), False
+            try:
+                remaining = iter(plan.requests[start:])
+                async for response in method(remaining, **self._call_arguments(plan, start)):
+                    responses.append(response)
+                    backoff.answered()
+                break
+            except grpc.RpcError as masked:
+                error = masked
+            if masked_by_write(error):
+                alone = True
+                try:
+                    responses.append(await self._unary_twin(plan, len(responses)))
+                    backoff.answered()
+                    continue
+                except grpc.RpcError as real:
+                    error = real
+            wait = backoff.next_wait(error)
+            if wait is None:
+                raise plans.failed(plan, error, len(responses) if alone else start, alone=alone) from None
+            await asyncio.sleep(wait)
         return plans.finish(plan, responses)
 
-    async def _concurrently(self, plan: CallPlan[Any], method: Any, call: dict[str, Any]) -> list[Any]:
-        """The plan's unary requests, ``max_calls_in_flight`` at a time; the first failure cancels the rest."""
+    async def _unary_twin(self, plan: CallPlan[Any], index: int) -> Any:
+        """Request ``index`` of a streaming plan, sent alone: its answer, or its real status."""
+        twin = getattr(self._stub, plan.unary_twin)
+        single = CallPlan(plan.unary_twin, plan.requests[index : index + 1], plan.offsets[index : index + 1], list)
+        return await twin(plan.requests[index], **self._call_arguments(single))
+
+    async def _concurrently(self, plan: CallPlan[Any], method: Any) -> list[Any]:
+        """The plan's unary requests, ``max_calls_in_flight`` at a time, each retried on its own.
+
+        The first failure that is not retried cancels the rest.
+        """
         slots = asyncio.Semaphore(self.config.max_calls_in_flight)
+        call = self._call_arguments(plan)
 
         async def one(index: int, request: Any) -> Any:
+            backoff = Backoff(self.config)
             async with slots:
-                try:
-                    return await method(request, **call)
-                except grpc.RpcError as error:
-                    raise plans.failed(plan, error, index) from None
+                while True:
+                    try:
+                        return await method(request, **call)
+                    except grpc.RpcError as error:
+                        wait = backoff.next_wait(error)
+                        if wait is None:
+                            raise plans.failed(plan, error, index) from None
+                    await asyncio.sleep(wait)
 
         tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(plan.requests)]
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from sketchserve.client.config import ClientConfig, channel_options, resolve
+from sketchserve.client.config import ClientConfig, call_metadata, channel_credentials, channel_options, resolve
 from sketchserve.client.plans import CallPlan
 from sketchserve.pb.sketch.v1 import sketch_pb2_grpc
 
@@ -34,13 +34,18 @@ class ClientBase:
     ) -> None:
         self.config = resolve(config, overrides)
         args = channel_options(self.config, tuple(options))
+        credentials = credentials or channel_credentials(self.config)
         if credentials is None:
             self._channel = self.channels.insecure_channel(target, args)
         else:
             self._channel = self.channels.secure_channel(target, credentials, args)
         self._stub = sketch_pb2_grpc.SketchServiceStub(self._channel)
 
-    def _call_arguments(self, plan: CallPlan[Any]) -> dict[str, Any]:
-        """Per-call keywords: a stream's deadline covers all its requests."""
-        requests = len(plan.requests) if plan.streaming else 1
-        return {"timeout": self.config.timeout * requests, "wait_for_ready": self.config.wait_for_ready}
+    def _call_arguments(self, plan: CallPlan[Any], answered: int = 0) -> dict[str, Any]:
+        """Per-call keywords: a stream's deadline covers all its requests not yet ``answered``."""
+        requests = len(plan.requests) - answered if plan.streaming else 1
+        return {
+            "timeout": self.config.timeout * requests,
+            "wait_for_ready": self.config.wait_for_ready,
+            "metadata": call_metadata(self.config),
+        }

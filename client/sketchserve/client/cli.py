@@ -43,6 +43,8 @@ from sketchserve.client.types import Cluster, Sketch
 
 DEFAULT_TARGET = "localhost:50051"  # `make serve`'s address
 TARGET_ENV = "SKETCHSERVE_TARGET"
+# The bearer token comes from a file or this variable, never from argv (which `ps` shows).
+TOKEN_ENV = "SKETCHSERVE_TOKEN"
 BATCH_SIZE = 64  # drawings per request: well under the server's per-request limit
 READ_CHUNK = 256  # drawings read, sent and written together: bounds memory on any file size
 # Chunks in flight: one per replica of a 4-replica deployment; 4 x 256 drawings also fill, and no
@@ -67,6 +69,19 @@ def _parser(name: str, summary: str, *, files: bool = True) -> argparse.Argument
     )
     parser.add_argument(
         "--timeout", type=float, default=ClientConfig.timeout, help="seconds per request (default %(default)s)"
+    )
+    parser.add_argument(
+        "--retry-budget",
+        type=float,
+        default=ClientConfig.retry_budget,
+        help="seconds of UNAVAILABLE (a server restart) to ride out (default %(default)s)",
+    )
+    parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs (implied by --tls-*)")
+    parser.add_argument("--tls-ca", type=Path, default=None, help="CA bundle (PEM) the server's certificate chains to")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, default=None, help="key of --tls-cert (PEM)")
+    parser.add_argument(
+        "--token-file", type=Path, default=None, help=f"file holding the bearer token (else env {TOKEN_ENV})"
     )
     parser.add_argument("--out", type=Path, default=None, help="output file (default: stdout)")
     if files:
@@ -98,7 +113,30 @@ def _client(args: argparse.Namespace) -> SketchClient:
     parallel = getattr(args, "parallel", PARALLEL)
     if parallel < 1:
         raise UsageError(f"--parallel must be >= 1, got {parallel}")
-    return SketchClient(args.target, timeout=args.timeout, max_sketches_per_call=batch, max_calls_in_flight=parallel)
+    try:
+        return SketchClient(
+            args.target,
+            timeout=args.timeout,
+            max_sketches_per_call=batch,
+            max_calls_in_flight=parallel,
+            retry_budget=args.retry_budget,
+            tls=args.tls,
+            tls_root_ca=args.tls_ca,
+            tls_client_cert=args.tls_cert,
+            tls_client_key=args.tls_key,
+            auth_token=_token(args),
+        )
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is None:
+        return os.environ.get(TOKEN_ENV) or None
+    try:
+        return args.token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"--token-file: {exc}") from None
 
 
 def _records(args: argparse.Namespace, skipped: data.SkipCounter) -> Iterator[data.DrawingRecord]:

@@ -4,17 +4,19 @@ A target is any gRPC target string: ``host:port``; ``dns:///name:port`` (every
 address the name resolves to, e.g. a Kubernetes headless Service,
 re-resolved when a connection closes); ``ipv4:127.0.0.1:5001,127.0.0.1:5002``
 (a fixed list). The service config balances calls round-robin over every
-address by default, and retries UNAVAILABLE, so a call that hits a draining or
-dead replica moves to another one.
+address by default; the client retries UNAVAILABLE (``sketchserve.client.retry``),
+so a call that hits a draining or dead replica is sent again, to another one.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-SERVICE_NAME = "sketch.v1.SketchService"
+import grpc
+
 MIB = 1024 * 1024
 MS_PER_S = 1000
 # gRPC's load-balancing policies a ClientConfig may name.
@@ -32,13 +34,18 @@ class ClientConfig:
     # Requests of one asyncio call in flight together: enough to fill the server's
     # batches, few enough (4 x 64 sketches) to stay well inside its queue.
     max_calls_in_flight: int = 4
-    # Attempts (first one included) of a call that fails UNAVAILABLE, i.e. while
-    # the server warms up, drains or restarts; gRPC caps this at 5.
-    retry_attempts: int = 5
-    # Backoff before the first retry, doubled each time up to retry_max_backoff:
-    # the 5 attempts span about 1.5 s, the time a rolling restart takes to swap.
+    # Attempts (first one included) of one request that fails UNAVAILABLE, i.e. while
+    # the server warms up, drains or restarts; every SketchService method is a pure
+    # function of its request (Reconstruct's sampling is seeded), so all are retried.
+    retry_attempts: int = 20
+    # Backoff before the first retry, doubled each time up to retry_max_backoff, each
+    # wait drawn from [half, all] of it so restarted callers do not return in step.
     retry_initial_backoff: float = 0.1
-    retry_max_backoff: float = 2.0
+    retry_max_backoff: float = 5.0
+    # Seconds of failed attempts a call rides out before giving up: well past the
+    # ~2.4 s a killed server takes to come back, and a rolling restart's swap. It
+    # restarts whenever a request is answered; bulk calls resume after the last answer.
+    retry_budget: float = 30.0
     # Largest message either way: raw (unsimplified) drawings run to thousands of
     # points, and the 4 MiB gRPC default rejects a chunk of 64 of them.
     max_message_bytes: int = 64 * MIB
@@ -58,6 +65,19 @@ class ClientConfig:
     keepalive_seconds: float = 30.0
     # A ping unanswered this long closes the connection; its calls fail UNAVAILABLE and retry.
     keepalive_timeout_seconds: float = 10.0
+    # TLS: on when any of the TLS settings is given. tls_root_ca is the CA bundle (PEM
+    # file) the server's certificate must chain to (None: the system's roots).
+    tls: bool = False
+    tls_root_ca: Path | None = None
+    # Mutual TLS: this client's certificate chain and key (PEM files), both or neither.
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+    # Sent as `authorization: Bearer <token>` on every call; kept out of repr().
+    auth_token: str | None = field(default=None, repr=False)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.tls_root_ca is not None or self.tls_client_cert is not None
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
@@ -70,6 +90,12 @@ class ClientConfig:
             raise ValueError(f"retry_attempts must be >= 1, got {self.retry_attempts}")
         if self.retry_initial_backoff <= 0 or self.retry_max_backoff < self.retry_initial_backoff:
             raise ValueError("retry backoffs must satisfy 0 < retry_initial_backoff <= retry_max_backoff")
+        if self.retry_budget < 0:
+            raise ValueError(f"retry_budget must be >= 0 seconds, got {self.retry_budget}")
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise ValueError("tls_client_cert and tls_client_key go together: give both or neither")
+        if self.auth_token is not None and (not self.auth_token or any(c.isspace() for c in self.auth_token)):
+            raise ValueError("auth_token must be a non-empty string without whitespace")
         if self.max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
         if self.load_balancing not in LOAD_BALANCING_POLICIES:
@@ -87,9 +113,19 @@ def resolve(config: ClientConfig | None, overrides: dict[str, Any]) -> ClientCon
     return replace(base, **overrides)
 
 
-def _seconds(value: float) -> str:
-    """A protobuf Duration in the JSON form the service config takes ("0.1s")."""
-    return f"{value:.3f}s"
+def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the config's PEM files; None for a plaintext channel."""
+    if not config.uses_tls:
+        return None
+
+    def read(path: Path | None) -> bytes | None:
+        return None if path is None else Path(path).read_bytes()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(config.tls_root_ca),
+        private_key=read(config.tls_client_key),
+        certificate_chain=read(config.tls_client_cert),
+    )
 
 
 def balancing_config(config: ClientConfig) -> dict[str, Any]:
@@ -98,21 +134,13 @@ def balancing_config(config: ClientConfig) -> dict[str, Any]:
 
 
 def service_config(config: ClientConfig) -> dict[str, Any]:
-    """The gRPC service config: the load-balancing policy, and retry UNAVAILABLE on every method."""
-    method_config: dict[str, Any] = {"name": [{"service": SERVICE_NAME}]}
-    if config.retry_attempts > 1:
-        method_config["retryPolicy"] = {
-            "maxAttempts": config.retry_attempts,
-            "initialBackoff": _seconds(config.retry_initial_backoff),
-            "maxBackoff": _seconds(config.retry_max_backoff),
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        }
-    return {**balancing_config(config), "methodConfig": [method_config]}
+    """The gRPC service config: the load-balancing policy. No retryPolicy: the client retries
+    itself (``sketchserve.client.retry``), and two layers of retries would multiply the attempts."""
+    return balancing_config(config)
 
 
 def connection_options(config: ClientConfig) -> dict[str, Any]:
-    """Keepalive, and retry buffers that let any call move to another replica."""
+    """Keepalive, and retry buffers that let gRPC's transparent retries move any call to another replica."""
     return {
         # gRPC retries a call only while it still holds the request it sent; past its 256 KiB
         # default buffers a large request could not move to another replica. One message per
@@ -125,8 +153,17 @@ def connection_options(config: ClientConfig) -> dict[str, Any]:
     }
 
 
+def call_metadata(config: ClientConfig) -> tuple[tuple[str, str], ...]:
+    """Metadata sent with every call: the bearer token, when there is one."""
+    return () if config.auth_token is None else (("authorization", f"Bearer {config.auth_token}"),)
+
+
 def channel_options(config: ClientConfig, extra: tuple[tuple[str, Any], ...] = ()) -> list[tuple[str, Any]]:
-    """Channel arguments for ``grpc[.aio].insecure_channel``; ``extra`` wins on conflicts."""
+    """Channel arguments for ``grpc[.aio].insecure_channel``; ``extra`` wins on conflicts.
+
+    Retries are the client's own (``sketchserve.client.retry``): the service config holds no
+    retryPolicy, as two layers of retries would multiply the attempts.
+    """
     options: dict[str, Any] = {
         "grpc.max_send_message_length": config.max_message_bytes,
         "grpc.max_receive_message_length": config.max_message_bytes,

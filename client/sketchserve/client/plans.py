@@ -41,6 +41,7 @@ class CallPlan(Generic[ResultT]):
     offsets: tuple[int, ...]  # index, in the caller's input, of each request's first sketch
     merge: Callable[[list[Any]], ResultT]
     streaming: bool = False  # one bidirectional stream carries all requests
+    unary_twin: str = ""  # of a streaming plan: the unary RPC that answers one of its requests alike
 
 
 def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
@@ -86,7 +87,9 @@ def encode(sketches: Sequence[SketchInput], config: ClientConfig) -> CallPlan[En
         sketches, config, lambda s: sketch_pb2.EncodeRequest(**s, packed_response=config.packed)
     )
     streaming = len(requests) > 1
-    return CallPlan("EncodeStream" if streaming else "Encode", requests, offsets, merge_encode, streaming)
+    if streaming:
+        return CallPlan("EncodeStream", requests, offsets, merge_encode, streaming=True, unary_twin="Encode")
+    return CallPlan("Encode", requests, offsets, merge_encode)
 
 
 def merge_assign(responses: list[sketch_pb2.AssignResponse]) -> AssignResult:
@@ -156,7 +159,11 @@ def reconstruct(
     """Redraw sketches, or decode latents: exactly one of the two."""
     if (sketches is None) == (latents is None):
         raise ValueError("give exactly one of sketches or latents")
-    settings = {"temperature": sampling.temperature, "max_points": sampling.max_points, "seed": sampling.seed}
+    settings: dict[str, Any] = {
+        "temperature": sampling.temperature,
+        "max_points": sampling.max_points,
+        "seed": sampling.seed,
+    }
     if sketches is not None:
         requests, offsets = _sketch_requests(sketches, config, lambda s: sketch_pb2.ReconstructRequest(**s, **settings))
         return CallPlan("Reconstruct", requests, offsets, merge_reconstruct)
@@ -195,8 +202,12 @@ def finish(plan: CallPlan[ResultT], responses: list[Any]) -> ResultT:
     return plan.merge(responses)
 
 
-def failed(plan: CallPlan[Any], error: grpc.RpcError, answered: int) -> SketchServiceError:
-    """The typed error of a plan whose request number ``answered`` failed."""
-    if plan.streaming:
-        return from_rpc_error(error, plan.method, stream_offsets=plan.offsets)
+def failed(plan: CallPlan[Any], error: grpc.RpcError, answered: int, *, alone: bool = False) -> SketchServiceError:
+    """The typed error of a plan whose request number ``answered`` failed.
+
+    On a stream, ``answered`` is where the failed stream began (it numbers its
+    requests from there); ``alone``: that request went by itself (a stream's unary twin).
+    """
+    if plan.streaming and not alone:
+        return from_rpc_error(error, plan.method, stream_offsets=plan.offsets[answered:])
     return from_rpc_error(error, plan.method, plan.offsets[min(answered, len(plan.offsets) - 1)])

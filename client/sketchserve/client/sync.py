@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -12,6 +13,7 @@ from sketchserve.client import plans
 from sketchserve.client.base import ClientBase
 from sketchserve.client.convert import SketchInput
 from sketchserve.client.plans import CallPlan, ResultT, Sampling
+from sketchserve.client.retry import Backoff
 from sketchserve.client.types import AssignResult, ClusterList, EncodeResult, ModelInfo, ReconstructResult, ScoreResult
 
 
@@ -20,25 +22,33 @@ class SketchClient(ClientBase):
 
     ``SketchClient("localhost:50051", timeout=5.0)``: keyword settings override
     ``config`` (see :class:`ClientConfig`); ``options`` are extra gRPC channel
-    arguments; ``credentials`` makes a TLS channel. Failed calls raise
+    arguments; ``credentials`` makes a TLS channel. Calls ride out a server
+    restart (see ``sketchserve.client.retry``). Failed calls raise
     :class:`SketchServiceError`; malformed input raises ``ValueError``.
     """
 
     channels = grpc
 
     def _run(self, plan: CallPlan[ResultT]) -> ResultT:
+        """Send the plan's requests; after UNAVAILABLE wait and resume from the first unanswered one."""
         method = getattr(self._stub, plan.method)
-        call = self._call_arguments(plan)
         responses: list[Any] = []
-        try:
-            if plan.streaming:
-                for response in method(iter(plan.requests), **call):
-                    responses.append(response)
-            else:
-                for request in plan.requests:
-                    responses.append(method(request, **call))
-        except grpc.RpcError as error:
-            raise plans.failed(plan, error, len(responses)) from None
+        backoff = Backoff(self.config)
+        while len(responses) < len(plan.requests):
+            start = len(responses)
+            try:
+                if plan.streaming:
+                    for response in method(iter(plan.requests[start:]), **self._call_arguments(plan, start)):
+                        responses.append(response)
+                        backoff.answered()
+                    break
+                responses.append(method(plan.requests[len(responses)], **self._call_arguments(plan)))
+                backoff.answered()
+            except grpc.RpcError as error:
+                wait = backoff.next_wait(error)
+                if wait is None:
+                    raise plans.failed(plan, error, start) from None
+                time.sleep(wait)  # the backoff: nothing to wait on while the server is away
         return plans.finish(plan, responses)
 
     def encode(self, sketches: Sequence[SketchInput]) -> EncodeResult:

@@ -1,7 +1,8 @@
 """Server configuration: one frozen dataclass, settable by flag or environment.
 
-Every field of :class:`ServerConfig` is a command-line flag (``--max-batch-size``)
-and an environment variable (``SKETCHSERVE_MAX_BATCH_SIZE``). Precedence: a flag
+Every field of :class:`ServerConfig` is a command-line flag (``--max-batch-size``;
+a switch is ``--reflection`` / ``--no-reflection``) and an environment variable
+(``SKETCHSERVE_MAX_BATCH_SIZE``; switches take true/false, 1/0, yes/no, on/off). Precedence: a flag
 given on the command line beats the environment, which beats the default.
 """
 
@@ -29,8 +30,9 @@ class ServerConfig:
     trusted_key: Path | None = field(
         default=None, metadata={"help": "ed25519 public key (PEM); the artifact's manifest.sig must verify with it"}
     )
-    # All interfaces, IPv4 and IPv6, as grpc's examples bind ("[::]").
-    host: str = field(default="[::]", metadata={"help": "address to bind"})
+    # Loopback: a bare `sketchserve serve` is reachable from this machine only; the container
+    # image sets SKETCHSERVE_HOST=0.0.0.0 (all interfaces) where the network policy decides.
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (gRPC, and metrics by default)"})
     # The conventional gRPC port; 0 asks the OS for a free one (tests).
     port: int = field(default=50051, metadata={"help": "gRPC port (0: any free port)"})
     # Where to write the bound port once listening, for supervisors and tests on port 0.
@@ -52,6 +54,23 @@ class ServerConfig:
     max_message_bytes: int = field(default=16 * 1024 * 1024, metadata={"help": "largest request message in bytes"})
     # Prometheus scrape port; 0 picks a free port, a negative value turns metrics HTTP off.
     metrics_port: int = field(default=9090, metadata={"help": "Prometheus metrics port (0: any free, -1: off)"})
+    # Empty: the same address as gRPC, so --host 127.0.0.1 keeps metrics local too.
+    metrics_host: str = field(default="", metadata={"help": "address the metrics HTTP binds (empty: --host)"})
+    # TLS is off unless the operator hands over a certificate and key (PEM files).
+    tls_cert: Path | None = field(default=None, metadata={"help": "server certificate chain (PEM); turns on TLS"})
+    tls_key: Path | None = field(default=None, metadata={"help": "private key of --tls-cert (PEM)"})
+    # With a client CA every caller must present a certificate it signed (mutual TLS).
+    tls_client_ca: Path | None = field(
+        default=None, metadata={"help": "CA bundle (PEM) client certificates must chain to; turns on mutual TLS"}
+    )
+    # One token per line; callers send `authorization: Bearer <token>`. Off when unset.
+    auth_tokens_file: Path | None = field(
+        default=None, metadata={"help": "bearer tokens, one per line; calls without a listed token are refused"}
+    )
+    # Probes (kubelet, Docker HEALTHCHECK) carry no token; health says only SERVING or not.
+    auth_health: bool = field(default=False, metadata={"help": "require a token for grpc.health.v1 too"})
+    # On: grpcurl and other tools can list the API; operators may hide it.
+    reflection: bool = field(default=True, metadata={"help": "serve gRPC server reflection"})
     # 1: on the shared 2-core box a second intra-op thread made the decoder 10x and the encoder
     # 4x slower at batch 1 (OpenMP threads fighting gRPC's and other processes'); server/README.md
     # has the measurement. 0 keeps torch's default (one thread per core), e.g. on a big box.
@@ -99,6 +118,10 @@ def check_config(cfg: ServerConfig) -> None:
         raise ConfigError(
             f"--max-sketches-per-request ({cfg.max_sketches_per_request}) must not exceed --max-queue ({cfg.max_queue})"
         )
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+    if cfg.tls_client_ca is not None and cfg.tls_cert is None:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
     if cfg.log_format not in {"kv", "json"}:
         raise ConfigError(f"--log-format must be kv or json, got {cfg.log_format!r}")
     if cfg.too_long not in {TOO_LONG_SIMPLIFY, TOO_LONG_REFUSE}:
@@ -154,13 +177,11 @@ def build_parser(prog: str = "sketchserve serve") -> argparse.ArgumentParser:
     )
     for f in dataclasses.fields(ServerConfig):
         flag = "--model" if f.name == "model_dir" else flag_name(f.name)
-        parser.add_argument(
-            flag,
-            dest=f.name,
-            type=_converter(f),
-            default=None,
-            help=f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default})",
-        )
+        text = f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default})"
+        if str(f.type) == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=_converter(f), default=None, help=text)
     return parser
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 FIELDS_ATTR = "kv"
@@ -56,3 +59,30 @@ def configure_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class RateLimitedLog:
+    """At most one record per ``interval_s`` for one event; the next one counts those left out.
+
+    For events a caller can provoke at will (undecodable requests, refused tokens):
+    one line per interval with ``suppressed=N``, never a traceback, never a flood.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, event: str, **values: Any) -> None:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(event)
+            if last is not None and now - last < self._interval_s:
+                self._suppressed[event] = self._suppressed.get(event, 0) + 1
+                return
+            self._last[event] = now
+            suppressed = self._suppressed.pop(event, 0)
+        self._logger.warning(event, extra=fields(**values, suppressed=suppressed))

@@ -5,9 +5,14 @@ checksums, load it on the device and warm it up (off the event loop); attach
 it to the servicers (SketchService and the Open Inference Protocol's
 ``inference.GRPCInferenceService``, ``sketchserve.server.oip``); only then
 report SERVING (and write ``--port-file``). On SIGTERM or SIGINT: health
-NOT_SERVING, stop taking new calls, let accepted calls
-finish within ``--grace-seconds`` (``server.stop(grace)``), stop the batchers,
-exit 0.
+NOT_SERVING, open EncodeStreams take no new requests (they answer what they
+accepted, then end UNAVAILABLE "draining", which the client resumes
+elsewhere), stop taking new calls, let accepted calls finish within
+``--grace-seconds`` (``server.stop(grace)``), stop the batchers, exit 0.
+
+Who may call is decided in ``security`` (TLS, mutual TLS, bearer tokens);
+the default address is loopback, and metrics bind the gRPC host unless
+``--metrics-host`` says otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from sketchserve.server.errors import StatusInterceptor
 from sketchserve.server.logs import configure_logging, fields
 from sketchserve.server.metrics import MetricsHttp, ServerMetrics
 from sketchserve.server.oip import INFERENCE_SERVICE_NAME, InferenceServicer, add_inference_service
+from sketchserve.server.security import AuthInterceptor, read_tokens, server_credentials
 from sketchserve.server.service import SERVICE_NAME, ServingState, SketchServicer
 
 log = logging.getLogger(__name__)
@@ -114,9 +120,19 @@ class BuiltServer:
             await self.health.set(service, NOT_SERVING)
         await self.server.start()
         if self.config.metrics_port >= 0:
-            self.metrics_http = self.metrics.serve_http(self.config.metrics_port)
+            self.metrics_http = self.metrics.serve_http(self.config.metrics_port, metrics_address(self.config))
         metrics_port = "off" if self.metrics_port is None else self.metrics_port
-        log.info("listening", extra=fields(port=self.port, metrics_port=metrics_port))
+        log.info(
+            "listening",
+            extra=fields(
+                host=self.config.host,
+                port=self.port,
+                metrics_port=metrics_port,
+                tls=tls_mode(self.config),
+                tokens=self.config.auth_tokens_file is not None,
+                reflection=self.config.reflection,
+            ),
+        )
 
     async def load(self) -> None:
         """Verify, load and warm the model off the event loop, then report SERVING."""
@@ -148,6 +164,7 @@ class BuiltServer:
         self.stopped = True
         await self.health.enter_graceful_shutdown()
         self.inference.drain()
+        self.servicer.drain()
         log.info("draining", extra=fields(grace_seconds=grace))
         await self.server.stop(grace)
         if self.state is not None:
@@ -175,22 +192,46 @@ def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
     return options
 
 
+def metrics_address(cfg: ServerConfig) -> str:
+    """The metrics HTTP address: ``--metrics-host``, else ``--host``, without IPv6 brackets."""
+    return (cfg.metrics_host or cfg.host).strip("[]")
+
+
+def tls_mode(cfg: ServerConfig) -> str:
+    if cfg.tls_cert is None:
+        return "off"
+    return "mutual" if cfg.tls_client_ca is not None else "server"
+
+
 def build_server(cfg: ServerConfig) -> BuiltServer:
-    """Create the grpc.aio server with every service and bind its port (call inside the event loop)."""
+    """Create the grpc.aio server with every service and bind its port (call inside the event loop).
+
+    Raises ConfigError when a TLS or token file cannot be read, OSError when the port cannot be bound.
+    """
     metrics = ServerMetrics()
-    server = grpc.aio.server(interceptors=[StatusInterceptor(metrics.on_call)], options=server_options(cfg))
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if cfg.auth_tokens_file is not None:
+        grants = read_tokens(cfg.auth_tokens_file)
+        interceptors.append(AuthInterceptor(grants, metrics.on_call, exempt_health=not cfg.auth_health))
+    interceptors.append(StatusInterceptor(metrics.on_call))
+    credentials = server_credentials(cfg)
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(cfg))
     servicer = SketchServicer()
     sketch_pb2_grpc.add_SketchServiceServicer_to_server(servicer, server)
     inference = InferenceServicer()
     add_inference_service(inference, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, INFERENCE_SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server
-    )
+    if cfg.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, INFERENCE_SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+        )
     address = f"{cfg.host}:{cfg.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise OSError(f"cannot bind {address}: {exc}") from None
     if port == 0:
@@ -202,7 +243,7 @@ async def serve(cfg: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean drain, 1 when startup fails."""
     try:
         built = build_server(cfg)
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:
         log.error("startup failed", extra=fields(error=str(exc)))
         return EXIT_STARTUP_FAILED
     stop_requested = asyncio.Event()

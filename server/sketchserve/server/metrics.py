@@ -112,6 +112,7 @@ class ServerMetrics:
         found = self.registry.get_sample_value(name, labels or {})
         return 0.0 if found is None else found
 
-    def serve_http(self, port: int, addr: str = "0.0.0.0") -> MetricsHttp:
+    def serve_http(self, port: int, addr: str) -> MetricsHttp:
+        """Serve ``/metrics`` on ``addr:port`` (the caller decides the address: no all-interfaces default)."""
         server, thread = start_http_server(port, addr=addr, registry=self.registry)
         return MetricsHttp(server, thread, server.server_port)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -23,15 +24,25 @@ from sketchserve.clusters import ClusterTable
 from sketchserve.packed import PackedFormatError, PackedSketches, pack_rows, unpack
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.errors import FailedPrecondition, InvalidRequest, NotReady
+from sketchserve.server.logs import fields
 from sketchserve.server.results import Encoded, SketchTooLong
 from sketchserve.strokes import Drawing, InvalidDrawingError, check_point_caps, drawing_from_xy, stroke3_to_drawing
 
 if TYPE_CHECKING:
     from sketchserve.server.engine import SketchEngine
 
+log = logging.getLogger(__name__)
+
 SERVICE_NAME = sketch_pb2.DESCRIPTOR.services_by_name["SketchService"].full_name
 # The contract's temperature range: 0 is greedy, 2 is already very wild.
 MAX_TEMPERATURE = 2.0
+# Largest |value| of a latent given to Reconstruct: 10,000 standard deviations of the N(0, I)
+# prior the decoder was trained on, far beyond any encoder output. The bundled face decoder's
+# drawings stop changing from there on (its gates saturate: the same offsets from 1e4 to 1e30),
+# and values near float32's largest (3.4e38) overflow its first layers to infinities; the bound
+# keeps every decoder's arithmetic finite (see the proto's comment).
+MAX_LATENT_ABS = 1e4
+DRAINING_MESSAGE = "draining: the server is shutting down; resend the unanswered requests"
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,12 @@ def latents_to_array(latents: Sequence[sketch_pb2.Embedding], latent_size: int, 
             raise InvalidRequest(f"latents[{i}].mu", f"has {len(mu)} values, the model's latent size is {latent_size}")
         if not np.isfinite(mu).all():
             raise InvalidRequest(f"latents[{i}].mu", "holds NaN or infinite values")
+        outside = np.flatnonzero(np.abs(mu) > MAX_LATENT_ABS)
+        if len(outside):
+            j = int(outside[0])
+            raise InvalidRequest(
+                f"latents[{i}].mu[{j}]", f"{float(mu[j]):g} is outside [-{MAX_LATENT_ABS:g}, {MAX_LATENT_ABS:g}]"
+            )
         rows.append(mu)
     return np.stack(rows)
 
@@ -193,9 +210,14 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
 
     def __init__(self) -> None:
         self._state: ServingState | None = None
+        self._draining = asyncio.Event()
 
     def attach(self, state: ServingState) -> None:
         self._state = state
+
+    def drain(self) -> None:
+        """Open and new EncodeStreams take no more requests: they answer the accepted ones, then end UNAVAILABLE."""
+        self._draining.set()
 
     def _ready(self) -> ServingState:
         if self._state is None:
@@ -310,9 +332,13 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
 
         A request is read only once a window slot is free, and a slot frees only once its
         response is handed to gRPC: a client that reads slowly makes gRPC's writes wait, so
-        the server stops reading, and HTTP/2 flow control slows the sender.
+        the server stops reading, and HTTP/2 flow control slows the sender. Once the server
+        drains, the stream reads no more requests: it answers those it read, then ends
+        UNAVAILABLE ("draining") so the client resends the rest elsewhere.
         """
         state = self._ready()
+        if self._draining.is_set():
+            raise NotReady(DRAINING_MESSAGE)
         slots = asyncio.Semaphore(state.stream_window)
         pending: asyncio.Queue[asyncio.Task | BaseException | None] = asyncio.Queue()
 
@@ -321,10 +347,13 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
             try:
                 for index in itertools.count():
                     await slots.acquire()
-                    try:
-                        request = await anext(requests)
-                    except StopAsyncIteration:
+                    request = await _next_unless_draining(requests, self._draining)
+                    if request is _END:
                         break
+                    if request is _DRAINED:
+                        pending.put_nowait(NotReady(DRAINING_MESSAGE))
+                        return
+                    log.debug("stream request", extra=fields(method="EncodeStream", index=index))
                     prefix = f"requests[{index}]."
                     pending.put_nowait(asyncio.ensure_future(self._encode(state, request, context, prefix)))
             except Exception as exc:  # noqa: BLE001 - handed to the writer, which raises it in order
@@ -364,6 +393,30 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
             for c, prototype in enumerate(clusters.prototypes)
         ]
         return sketch_pb2.ListClustersResponse(clusters=result, model_version=state.version)
+
+
+_END = object()
+_DRAINED = object()
+
+
+async def _next_unless_draining(requests: AsyncIterator[Any], draining: asyncio.Event) -> Any:
+    """The stream's next request, ``_END`` after the last, or ``_DRAINED`` once the server drains."""
+    if draining.is_set():
+        return _DRAINED
+    receive = asyncio.ensure_future(anext(requests, _END))
+    drained = asyncio.ensure_future(draining.wait())
+    try:
+        await asyncio.wait((receive, drained), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        receive.cancel()
+        raise
+    finally:
+        drained.cancel()
+    if draining.is_set():
+        # Even a request that arrived together with the drain is left unanswered: the client resends it.
+        receive.cancel()
+        return _DRAINED
+    return receive.result()
 
 
 def _discard_pending(pending: asyncio.Queue) -> None:
