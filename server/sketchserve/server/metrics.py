@@ -113,6 +113,14 @@ class ServerMetrics:
         return 0.0 if found is None else found
 
     def serve_http(self, port: int, addr: str) -> MetricsHttp:
-        """Serve ``/metrics`` on ``addr:port`` (the caller decides the address: no all-interfaces default)."""
-        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        """Serve ``/metrics`` on ``addr:port`` (the caller decides the address: no all-interfaces default).
+
+        Raises OSError naming the endpoint when it cannot bind (e.g. the port is taken)."""
+        try:
+            server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise OSError(
+                exc.errno, f"cannot bind the metrics endpoint {addr}:{port} ({reason}); see --metrics-port"
+            ) from None
         return MetricsHttp(server, thread, server.server_port)

@@ -175,11 +175,15 @@ def resolve_max_points(requested: int, model_max: int) -> int:
 
 
 def stroke3_to_proto(s3: np.ndarray) -> sketch_pb2.Sketch:
-    """A canonical stroke-3 as absolute strokes; an empty one (the decoder ended at once) has no strokes."""
+    """A canonical stroke-3 as absolute strokes in the canonical frame: its top-left at (0, 0), canonical
+    units (a drawing the size of its input spans about 0-255); an empty one (the decoder ended at once) has
+    no strokes."""
     if len(s3) == 0:
         return sketch_pb2.Sketch()
+    drawing = stroke3_to_drawing(s3)
+    corner = np.concatenate(drawing).min(axis=0)
     return sketch_pb2.Sketch(
-        strokes=[sketch_pb2.Stroke(x=pts[:, 0].tolist(), y=pts[:, 1].tolist()) for pts in stroke3_to_drawing(s3)]
+        strokes=[sketch_pb2.Stroke(x=(p[:, 0] - corner[0]).tolist(), y=(p[:, 1] - corner[1]).tolist()) for p in drawing]
     )
 
 
