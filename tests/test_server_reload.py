@@ -24,6 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_fixtures import (
     CALL_TIMEOUT_S,
+    TEST_CLUSTERS,
     RunningServer,
     add_test_clusters,
     random_sketches,
@@ -183,6 +184,24 @@ def test_a_call_in_flight_finishes_on_the_model_it_started_with(
     server.run(server.built.reloader.wait_retired())
     assert old_state.engine.join(0)
     assert len(old_state.calls) == 0
+
+
+def test_clusters_written_into_the_served_directory_are_served_after_a_reload(tiny_model: Path, tmp_path: Path) -> None:
+    """What `sketchserve cluster MODEL_DIR` does to a served model (clusters.json, manifest re-signed), then SIGHUP."""
+    served = tmp_path / "served"
+    shutil.copytree(tiny_model, served)
+    request = sketch_pb2.AssignRequest(sketches=random_sketches(4, 2))
+    with running_server(server_config(served)) as server:
+        with pytest.raises(grpc.RpcError) as caught:
+            server.stub.Assign(request, timeout=CALL_TIMEOUT_S)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        add_test_clusters(served, int(read_manifest(served)["latent_size"]))
+        assert server.run(server.built.reload()).ok
+        assert len(server.stub.Assign(request, timeout=CALL_TIMEOUT_S).assignments) == 2
+        listed = server.stub.ListClusters(sketch_pb2.ListClustersRequest(), timeout=CALL_TIMEOUT_S)
+        assert len(listed.clusters) == TEST_CLUSTERS
+        info = server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S)
+        assert info.cluster_count == TEST_CLUSTERS
 
 
 @pytest.mark.parametrize(
