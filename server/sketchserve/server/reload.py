@@ -151,7 +151,7 @@ class Reloader:
         in_flight = len(state.calls)
         await state.calls.wait_idle()
         await close_state(state)
-        log.info("retired", extra=fields(version=state.version, calls_finished=in_flight))
+        log.info("retired", extra=fields(version=state.version, calls_at_swap=in_flight))
 
     async def wait_retired(self) -> None:
         """Return once every replaced state has been closed."""
