@@ -111,7 +111,10 @@ class Reloader:
         while True:
             await self._requested.wait()
             self._requested.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:  # noqa: BLE001 - a bug in one reload must not end reloading; it is logged in full
+                log.exception("reload failed")
 
     async def reload(self) -> ReloadOutcome:
         """Load, verify, warm and swap in the model now under ``model_dir``; the old one keeps serving on failure."""
