@@ -71,7 +71,7 @@ EVERY_RPC = {
 
 
 def version_of(model_dir: Path) -> str:
-    return str(read_manifest(model_dir)["version"])
+    return read_manifest(model_dir).version
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sketchserve.training.export import make_random_artifact
 
     out = make_random_artifact(tmp_path_factory.mktemp("tiny-other"), seed=OTHER_SEED, tiny=True)
-    add_test_clusters(out, int(read_manifest(out)["latent_size"]), seed=OTHER_SEED)
+    add_test_clusters(out, read_manifest(out).latent_size, seed=OTHER_SEED)
     return out
 
 
@@ -195,7 +195,7 @@ def test_clusters_written_into_the_served_directory_are_served_after_a_reload(ti
         with pytest.raises(grpc.RpcError) as caught:
             server.stub.Assign(request, timeout=CALL_TIMEOUT_S)
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        add_test_clusters(served, int(read_manifest(served)["latent_size"]))
+        add_test_clusters(served, read_manifest(served).latent_size)
         assert server.run(server.built.reload()).ok
         assert len(server.stub.Assign(request, timeout=CALL_TIMEOUT_S).assignments) == 2
         listed = server.stub.ListClusters(sketch_pb2.ListClustersRequest(), timeout=CALL_TIMEOUT_S)
@@ -263,7 +263,8 @@ def test_a_model_that_loads_but_cannot_answer_is_refused(tiny_model: Path, tmp_p
     """Checksums and modules are fine, but the manifest's max_seq_len refuses every sketch: only the probe sees it."""
     broken = tmp_path / "short"
     shutil.copytree(tiny_model, broken)
-    write_manifest(broken, {**read_manifest(broken), "max_seq_len": 2})
+    document = read_manifest(broken).document
+    write_manifest(broken, {**document, "max_seq_len": 2, "hparams": {**document["hparams"], "max_seq_len": 2}})
     with pytest.raises(ProbeFailed, match=r"Encode: InvalidRequest: sketches\[\d\] \(id 'probe-\d'\): .* at most 2"):
         asyncio.run(warm_and_close(broken))
 
