@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_fixtures import (
@@ -31,8 +32,11 @@ from server_fixtures import (
     running_server,
     server_config,
 )
+from test_oip import infer_request
 
 from sketchserve.artifact import read_manifest, write_manifest
+from sketchserve.pb.inference import open_inference_grpc_pb2 as oip_pb2
+from sketchserve.pb.inference import open_inference_grpc_pb2_grpc as oip_pb2_grpc
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.logs import FIELDS_ATTR
 from sketchserve.server.main import _load_state
@@ -152,6 +156,12 @@ def test_reload_swaps_in_the_new_model_metrics_and_info(
     assert info.version == new and json.loads(info.manifest_json)["version"] == new
     assigned = server.stub.Assign(sketch_pb2.AssignRequest(sketches=random_sketches(1, 1)), timeout=CALL_TIMEOUT_S)
     assert assigned.model_version == new
+    oip = oip_pb2_grpc.GRPCInferenceServiceStub(server.channel)
+    metadata = oip.ModelMetadata(oip_pb2.ModelMetadataRequest(name="sketch-decoder"), timeout=CALL_TIMEOUT_S)
+    assert list(metadata.versions) == [new]
+    latent = np.zeros((1, read_manifest(other_model).latent_size), dtype=np.float32)
+    inferred = oip.ModelInfer(infer_request("sketch-decoder", {"latent": latent}), timeout=CALL_TIMEOUT_S)
+    assert inferred.model_version == new
     assert model_info(server, new) == 1
     assert model_info(server, old) == 0
     assert server.metric("sketchserve_reloads_total", result=RELOADED) == 1
