@@ -6,8 +6,11 @@ Encode, EncodeStream, Reconstruct from sketches and from latents at temperature
 0 and above, Score, GetModelInfo, and Assign and ListClusters when the model has
 clusters. Each response is checked (counts, sizes, finite values, the model's
 version); the first failure raises :class:`ProbeFailed` naming the RPC and the
-field. Startup and hot reload both run it, so a model that loads but cannot
-answer is refused before it serves.
+field. The calls run at once, at most as many as the smallest queue holds, with
+the new engine's flush delay at 0 (it serves no client yet, so nothing is worth
+waiting for; ``--max-delay-ms`` applies again once it is attached). Startup
+and hot reload both run it, so a model that loads but cannot answer is refused
+before it serves.
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ class _Prober:
 
     async def run(self) -> ProbeReport:
         calls = self._calls()
-        outcomes = await asyncio.gather(*(self._answer(call) for call in calls), return_exceptions=True)
+        with self.state.engine.without_delay():
+            outcomes = await asyncio.gather(*(self._answer(call) for call in calls), return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
