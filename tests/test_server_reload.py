@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_fixtures import (
     CALL_TIMEOUT_S,
@@ -269,13 +270,19 @@ def test_the_warm_up_answers_every_rpc_the_model_serves(clustered_model: Path, t
     assert asyncio.run(probed_calls(tiny_model)) == EVERY_RPC - {"Assign", "ListClusters"}
 
 
-def test_a_model_that_loads_but_cannot_answer_is_refused(tiny_model: Path, tmp_path: Path) -> None:
-    """Checksums and modules are fine, but the manifest's max_seq_len refuses every sketch: only the probe sees it."""
-    broken = tmp_path / "short"
-    shutil.copytree(tiny_model, broken)
-    document = read_manifest(broken).document
-    write_manifest(broken, {**document, "max_seq_len": 2, "hparams": {**document["hparams"], "max_seq_len": 2}})
-    with pytest.raises(ProbeFailed, match=r"Encode: InvalidRequest: sketches\[\d\] \(id 'probe-\d'\): .* at most 2"):
+def nan_weights(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+
+
+def test_a_model_that_loads_but_cannot_answer_is_refused(tmp_path: Path) -> None:
+    """Weights gone NaN (a diverged run, exported): every check of the loader passes, the probe's Encode sees
+    codes that are not finite."""
+    from sketchserve.training.export import make_random_artifact
+
+    broken = make_random_artifact(tmp_path / "nan", seed=OTHER_SEED, tiny=True, prepare=nan_weights)
+    with pytest.raises(ProbeFailed, match=r"^Encode: embeddings\[0\]: mu or sigma not finite"):
         asyncio.run(warm_and_close(broken))
 
 
