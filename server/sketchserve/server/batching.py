@@ -206,6 +206,14 @@ class Batcher(Generic[P, R]):
         future.add_done_callback(lambda f: self._forget_if_cancelled(request, f))
         return await future
 
+    def set_max_delay(self, max_delay_s: float) -> None:
+        """Change the flush delay from now on (the warm-up probe runs a new engine's batches at 0)."""
+        if max_delay_s < 0:
+            raise ValueError(f"batcher {self.name}: need max_delay_s >= 0, got {max_delay_s}")
+        with self._cond:
+            self.max_delay_s = max_delay_s
+            self._cond.notify_all()
+
     def close(self) -> None:
         """Take no new work; the worker finishes what is queued, then exits."""
         with self._cond:

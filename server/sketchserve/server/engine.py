@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -129,6 +130,19 @@ class SketchEngine:
     def close(self) -> None:
         for batcher in self.batchers:
             batcher.close()
+
+    @contextmanager
+    def without_delay(self) -> Iterator[None]:
+        """Batches start as soon as the worker is free (``--max-delay-ms`` 0) inside the block: the warm-up
+        probe of an engine that serves no client yet waits for no company; the configured delays after."""
+        delays = [batcher.max_delay_s for batcher in self.batchers]
+        for batcher in self.batchers:
+            batcher.set_max_delay(0.0)
+        try:
+            yield
+        finally:
+            for batcher, delay in zip(self.batchers, delays):
+                batcher.set_max_delay(delay)
 
     def join(self, timeout: float | None = None) -> bool:
         return all([batcher.join(timeout) for batcher in self.batchers])

@@ -1,12 +1,14 @@
 """``sketchserve serve``: build, start, warm up and drain the gRPC server.
 
 Lifecycle: bind the port with health NOT_SERVING; verify the artifact's
-checksums, load it on the device and warm it up (off the event loop); attach
-it to the servicers (SketchService and the Open Inference Protocol's
-``inference.GRPCInferenceService``, ``sketchserve.server.oip``); only then
-report SERVING (and write ``--port-file``). On SIGTERM or SIGINT: health
-NOT_SERVING, open EncodeStreams take no new requests (they answer what they
-accepted, then end UNAVAILABLE "draining", which the client resumes
+checksums, load it on the device and warm it up (off the event loop), answer one
+call of every RPC it serves (``probe.py``); attach it to the servicers
+(SketchService and the Open Inference Protocol's ``inference.GRPCInferenceService``,
+``sketchserve.server.oip``); only then report SERVING (and write ``--port-file``).
+On SIGHUP: hot reload (``reload.py``: the same steps beside the serving model,
+then an atomic swap for both servicers; health stays SERVING). On SIGTERM or
+SIGINT: health NOT_SERVING, open EncodeStreams take no new requests (they answer
+what they accepted, then end UNAVAILABLE "draining", which the client resumes
 elsewhere), stop taking new calls, let accepted calls finish within
 ``--grace-seconds`` (``server.stop(grace)``), stop the batchers, exit 0.
 
@@ -18,6 +20,7 @@ the default address is loopback, and metrics bind the gRPC host unless
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -36,6 +39,7 @@ from sketchserve.server.errors import StatusInterceptor
 from sketchserve.server.logs import configure_logging, fields
 from sketchserve.server.metrics import MetricsHttp, ServerMetrics
 from sketchserve.server.oip import INFERENCE_SERVICE_NAME, InferenceServicer, add_inference_service
+from sketchserve.server.reload import Reloader, ReloadOutcome, close_state, warm_state
 from sketchserve.server.security import AuthInterceptor, read_tokens, server_credentials
 from sketchserve.server.service import SERVICE_NAME, ServingState, SketchServicer
 
@@ -58,8 +62,8 @@ MS_PER_S = 1000
 MIN_CLIENT_PING_INTERVAL_S = 10.0
 
 
-def _load_state(cfg: ServerConfig, metrics: ServerMetrics) -> ServingState:
-    """Verify, load and warm up the model (blocking; runs in a worker thread)."""
+def _load_state(cfg: ServerConfig, metrics: ServerMetrics, model_dir: Path) -> ServingState:
+    """Verify, load and warm up the model in ``model_dir``, batchers not started (blocking; a worker thread)."""
     import torch
 
     from sketchserve.runtime import SketchRuntime
@@ -67,14 +71,10 @@ def _load_state(cfg: ServerConfig, metrics: ServerMetrics) -> ServingState:
 
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
-    runtime = SketchRuntime.load(cfg.model_dir, cfg.device, trusted_key=cfg.trusted_key)
+    runtime = SketchRuntime.load(model_dir, cfg.device, trusted_key=cfg.trusted_key)
     if cfg.warmup:
         runtime.warm_up(tuple(sorted({1, cfg.max_batch_size})))
     engine = SketchEngine(runtime, cfg, observer=metrics)
-    for batcher in engine.batchers:
-        metrics.watch_queue(batcher.name, batcher.depth)
-    metrics.set_model(name=engine.spec.name, version=engine.spec.version, device=engine.spec.device)
-    engine.start()
     return ServingState(
         engine=engine,
         manifest=runtime.manifest,
@@ -104,6 +104,15 @@ class BuiltServer:
     state: ServingState | None = None
     metrics_http: MetricsHttp | None = None
     stopped: bool = field(default=False)
+    reloader: Reloader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reloader = Reloader(
+            self.config.model_dir,
+            functools.partial(_load_state, self.config, self.metrics),
+            self.attach,
+            self.metrics.on_reload,
+        )
 
     @property
     def metrics_port(self) -> int | None:
@@ -135,15 +144,15 @@ class BuiltServer:
         )
 
     async def load(self) -> None:
-        """Verify, load and warm the model off the event loop, then report SERVING."""
-        self.state = await asyncio.to_thread(_load_state, self.config, self.metrics)
-        self.servicer.attach(self.state)
-        self.inference.attach(self.state)
-        spec = self.state.engine.spec
+        """Verify, load and warm the model off the event loop, then report SERVING and take reload requests."""
+        state = await warm_state(self.reloader.load, self.config.model_dir.resolve())
+        self.attach(state)
+        spec = state.engine.spec
         for service in HEALTH_ENTRIES:
             await self.health.set(service, SERVING)
         if self.config.port_file is not None:
             _write_port_file(self.config.port_file, self.port)
+        self.reloader.start()
         log.info(
             "serving",
             extra=fields(
@@ -157,19 +166,39 @@ class BuiltServer:
             ),
         )
 
+    def attach(self, state: ServingState) -> ServingState | None:
+        """Make a warm ``state`` the serving one of both servicers (new calls, metrics, GetModelInfo, the OIP's
+        model metadata); returns the replaced state.
+
+        Calls already running keep the state they read: every handler of both servicers reads it
+        once per call, recorded in ``ServingState.calls``. A further servicer is attached here too."""
+        previous, self.state = self.state, state
+        self.servicer.attach(state)
+        self.inference.attach(state)
+        for batcher in state.engine.batchers:
+            self.metrics.watch_queue(batcher.name, batcher.depth)
+        spec = state.engine.spec
+        self.metrics.set_model(name=spec.name, version=spec.version, device=spec.device)
+        return previous
+
+    async def reload(self) -> ReloadOutcome:
+        """Hot reload now (what SIGHUP asks for): the new model serves, or the old one keeps serving."""
+        return await self.reloader.reload()
+
     async def stop(self, grace: float | None) -> None:
         """NOT_SERVING, refuse new calls, finish accepted ones within ``grace`` seconds, stop batchers."""
         if self.stopped:
             return
         self.stopped = True
+        await self.reloader.cancel()
         await self.health.enter_graceful_shutdown()
         self.inference.drain()
         self.servicer.drain()
         log.info("draining", extra=fields(grace_seconds=grace))
         await self.server.stop(grace)
+        await self.reloader.wait_retired()
         if self.state is not None:
-            self.state.engine.close()
-            await asyncio.to_thread(self.state.engine.join)
+            await close_state(self.state)
         if self.metrics_http is not None:
             self.metrics_http.close()
         log.info("stopped")
@@ -250,6 +279,7 @@ async def serve(cfg: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
+    loop.add_signal_handler(signal.SIGHUP, built.reloader.request)
     try:
         await built.start()
     except Exception as exc:  # noqa: BLE001 - any startup failure is reported in one line, exit 1

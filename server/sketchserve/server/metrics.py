@@ -28,7 +28,7 @@ class MetricsHttp:
 
 
 class ServerMetrics:
-    """Requests by method and code, latencies, batch sizes, queue depths, drops, model info."""
+    """Requests by method and code, latencies, batch sizes, queue depths, drops, model info, reloads."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -85,6 +85,12 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.model = Info("sketchserve_model", "the served model", registry=self.registry)
+        self.reloads = Counter(
+            "sketchserve_reloads",
+            "hot reloads (SIGHUP), by result: reloaded or refused",
+            ["result"],
+            registry=self.registry,
+        )
 
     def on_call(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method=method, code=code).inc()
@@ -103,6 +109,9 @@ class ServerMetrics:
 
     def watch_queue(self, batcher: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(batcher=batcher).set_function(depth)
+
+    def on_reload(self, result: str) -> None:
+        self.reloads.labels(result=result).inc()
 
     def set_model(self, *, name: str, version: str, device: str) -> None:
         self.model.info({"name": name, "version": version, "device": device})

@@ -83,6 +83,7 @@ class InferenceServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
     def _ready(self) -> ServingState:
         if self._state is None:
             raise NotReady("the server is warming up; retry shortly")
+        self._state.calls.enter()
         return self._state
 
     def _version_checked(self, name: str, version: str) -> str:

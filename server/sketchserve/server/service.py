@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -24,6 +24,7 @@ from sketchserve.clusters import ClusterTable
 from sketchserve.packed import PackedFormatError, PackedSketches, pack_rows, unpack
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
 from sketchserve.server.errors import FailedPrecondition, InvalidRequest, NotReady
+from sketchserve.server.inflight import CallTracker
 from sketchserve.server.logs import fields
 from sketchserve.server.results import Encoded, SketchTooLong
 from sketchserve.strokes import Drawing, InvalidDrawingError, check_point_caps, drawing_from_xy, stroke3_to_drawing
@@ -54,6 +55,8 @@ class ServingState:
     clusters: ClusterTable | None
     max_sketches_per_request: int
     stream_window: int
+    # The calls that read this state: a hot reload closes the engine only after they end.
+    calls: CallTracker = field(default_factory=CallTracker, compare=False, repr=False)
 
     @property
     def version(self) -> str:
@@ -226,12 +229,14 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
     def _ready(self) -> ServingState:
         if self._state is None:
             raise NotReady("the server is warming up; retry shortly")
+        self._state.calls.enter()
         return self._state
 
     def _clusters(self, state: ServingState) -> ClusterTable:
         if state.clusters is None:
             raise FailedPrecondition(
-                "this model has no clusters: run `sketchserve cluster MODEL_DIR` to add clusters.json, then restart"
+                "this model has no clusters: run `sketchserve cluster MODEL_DIR` to add clusters.json, "
+                "then reload (SIGHUP)"
             )
         return state.clusters
 
