@@ -16,6 +16,7 @@ from typing import Any
 
 from server_fixtures import RunningServer
 
+from sketchserve.server.admission import Ticket
 from sketchserve.server.engine import SketchEngine
 from sketchserve.server.results import Encoded
 from sketchserve.strokes import Drawing
@@ -50,7 +51,12 @@ class EngineProbe:
 
         return server.run(build())
 
-    async def encode(self, drawings: Sequence[Drawing], timeout: float | None = None) -> list[Encoded]:
+    def admit(self, sketches: int, stages: Sequence[str], timeout: float | None) -> Ticket:
+        return self._engine.admit(sketches, stages, timeout)
+
+    async def encode(
+        self, drawings: Sequence[Drawing], timeout: float | None = None, ticket: Ticket | None = None
+    ) -> list[Encoded]:
         async with self._changed:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -60,7 +66,7 @@ class EngineProbe:
             self._changed.notify_all()
         try:
             await self._gate.wait()
-            return await self._engine.encode(drawings, timeout=timeout)
+            return await self._engine.encode(drawings, timeout=timeout, ticket=ticket)
         finally:
             async with self._changed:
                 self.in_flight -= 1

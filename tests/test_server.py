@@ -134,7 +134,7 @@ def test_list_clusters_returns_exemplars_and_prototypes(clustered_server: Runnin
     assert all(len(c.exemplars) == 1 for c in response.clusters)
     first = response.clusters[0]
     assert list(first.exemplars[0].strokes[0].x) == [0.0, 1.0, 5.0]
-    assert list(first.exemplars[0].strokes[0].y) == [0.0, 2.0, -3.0]
+    assert list(first.exemplars[0].strokes[0].y) == [3.0, 5.0, 0.0]  # the canonical frame: top-left at (0, 0)
     assert list(first.prototype.strokes[0].x) == [0.0, 5.0, 6.0]
     assert clustered_server.stub.GetModelInfo(sketch_pb2.GetModelInfoRequest()).cluster_count == TEST_CLUSTERS
 

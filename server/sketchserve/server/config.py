@@ -46,8 +46,16 @@ class ServerConfig:
     # batch, so batches grow with load by themselves and a lone call waits for nothing (the c=1
     # latency goal is within 1 ms of in-process). Raise it to trade latency for fuller batches.
     max_delay_ms: float = field(default=0.0, metadata={"help": "longest wait of a queued sketch for a batch"})
-    # ~1 s of CPU encode work at batch 32: beyond that, callers are better told to back off.
-    max_queue: int = field(default=1024, metadata={"help": "most queued sketches per batcher; then RESOURCE_EXHAUSTED"})
+    # Admission is by time (server/admission.py: a call that the work ahead would push past its deadline is
+    # refused at the door); this count is only the memory bound behind it: 16,384 sketches of a typical
+    # ~1 KB, ~16 MB, and more than any closed loop the server can finish within a 30 s deadline (64 callers x
+    # 32 sketches hold 2,048). It was 1,024 per stage until 2026-12-05, which refused 64 x 32 outright.
+    max_queue: int = field(
+        default=16_384,
+        metadata={
+            "help": "most sketches in flight in admitted calls; past it, or past a call's deadline, RESOURCE_EXHAUSTED"
+        },
+    )
     # Bounds one request's latency and memory; clients split larger inputs.
     max_sketches_per_request: int = field(default=256, metadata={"help": "most sketches in one request"})
     # 256 sketches of ~250 points as float32 protobufs fit in well under 16 MiB.

@@ -23,16 +23,13 @@ import numpy as np
 import torch
 
 from sketchserve.runtime import SketchRuntime, collate_stroke3, kl_divergence, sketch_seed
+from sketchserve.server.admission import DECODE, ENCODE, PREPROCESS, Admission, Ticket
 from sketchserve.server.batching import Batcher, BatchItem, BatchObserver
 from sketchserve.server.config import TOO_LONG_SIMPLIFY, ServerConfig
 from sketchserve.server.results import Encoded, SketchScore, SketchTooLong
 from sketchserve.strokes import Drawing, Fitted, fit_stroke3_many, preprocess_many
 
 log = logging.getLogger(__name__)
-
-PREPROCESS = "preprocess"
-ENCODE = "encode"
-DECODE = "decode"
 
 
 @dataclass(frozen=True)
@@ -65,6 +62,23 @@ class FurtherObserver(Protocol):
 
 
 @dataclass(frozen=True)
+class _AdmissionObserver:
+    """Feeds each batch's cost to the admission rule, then passes every observation on (metrics)."""
+
+    admission: Admission
+    then: BatchObserver | None
+
+    def on_batch(self, batcher: str, size: int, seconds: float, cpu_seconds: float) -> None:
+        self.admission.observe(batcher, size, seconds)
+        if self.then is not None:
+            self.then.on_batch(batcher, size, seconds, cpu_seconds)
+
+    def on_dropped(self, batcher: str, reason: str, count: int) -> None:
+        if self.then is not None:
+            self.then.on_dropped(batcher, reason, count)
+
+
+@dataclass(frozen=True)
 class _SampleJob:
     z: np.ndarray
     seed: int
@@ -94,13 +108,17 @@ class SketchEngine:
         self.simplify_too_long = cfg.too_long == TOO_LONG_SIMPLIFY
         self.simplified_further = observer.on_simplified_further if isinstance(observer, FurtherObserver) else None
         delay_s = cfg.max_delay_ms / 1000.0
+        # One admission decision per call (server/admission.py); the batchers' own bound is the same
+        # max_queue, which admitted work never exceeds, so no stage refuses work already paid for.
+        self.admission = Admission((PREPROCESS, ENCODE, DECODE), cfg.max_queue)
+        batch_observer = _AdmissionObserver(self.admission, observer)
         self.preprocessor: Batcher[Drawing, Fitted] = Batcher(
             PREPROCESS,
             self._preprocess_batch,
             max_batch_size=cfg.max_batch_size,
             max_delay_s=delay_s,
             max_queue=cfg.max_queue,
-            observer=observer,
+            observer=batch_observer,
         )
         self.encoder: Batcher[np.ndarray, Encoded] = Batcher(
             ENCODE,
@@ -108,7 +126,7 @@ class SketchEngine:
             max_batch_size=cfg.max_batch_size,
             max_delay_s=delay_s,
             max_queue=cfg.max_queue,
-            observer=observer,
+            observer=batch_observer,
         )
         self.decoder: Batcher[Any, Any] = Batcher(
             DECODE,
@@ -116,7 +134,7 @@ class SketchEngine:
             max_batch_size=cfg.max_batch_size,
             max_delay_s=delay_s,
             max_queue=cfg.max_queue,
-            observer=observer,
+            observer=batch_observer,
         )
 
     @property
@@ -147,16 +165,32 @@ class SketchEngine:
     def join(self, timeout: float | None = None) -> bool:
         return all([batcher.join(timeout) for batcher in self.batchers])
 
-    async def encode(self, drawings: Sequence[Drawing], timeout: float | None = None) -> list[Encoded]:
+    def admit(self, sketches: int, stages: Sequence[str], timeout: float | None) -> Ticket:
+        """Admit a call of ``sketches`` sketches through ``stages`` once, before any of its work, or raise
+        ``admission.Overloaded`` (RESOURCE_EXHAUSTED). A call that spans several engine methods (Reconstruct
+        from sketches, Score) is admitted for all of them here and hands the ticket to each."""
+        return self.admission.admit(dict.fromkeys(stages, sketches), timeout)
+
+    async def encode(
+        self, drawings: Sequence[Drawing], timeout: float | None = None, ticket: Ticket | None = None
+    ) -> list[Encoded]:
         """Each validated drawing preprocessed and encoded, in order.
 
         A drawing longer than the model's ``max_seq_len`` after preprocessing is simplified
         further to fit (``fit_stroke3_many``), or, with ``--too-long refuse``, raises
-        SketchTooLong (naming the first such drawing) before any encoding.
+        SketchTooLong (naming the first such drawing) before any encoding. Without a ``ticket``
+        the call is admitted here (``admit``).
         """
+        if ticket is None:
+            with self.admit(len(drawings), (PREPROCESS, ENCODE), timeout) as own:
+                return await self._encode(drawings, timeout, own)
+        return await self._encode(drawings, timeout, ticket)
+
+    async def _encode(self, drawings: Sequence[Drawing], timeout: float | None, ticket: Ticket) -> list[Encoded]:
         deadline = None if timeout is None else time.monotonic() + timeout
         items = [BatchItem(d, cost=sum(len(stroke) for stroke in d)) for d in drawings]
         fitted: list[Fitted] = await self.preprocessor.submit(items, timeout=timeout)
+        ticket.finish(PREPROCESS)
         strokes3 = [f.stroke3 for f in fitted]
         for index, s3 in enumerate(strokes3):
             if len(s3) > self.spec.max_seq_len:
@@ -168,7 +202,9 @@ class SketchEngine:
             if self.simplified_further is not None:
                 self.simplified_further(further)
         remaining = None if deadline is None else deadline - time.monotonic()
-        return await self.encoder.submit([BatchItem(s3, cost=len(s3)) for s3 in strokes3], timeout=remaining)
+        encoded = await self.encoder.submit([BatchItem(s3, cost=len(s3)) for s3 in strokes3], timeout=remaining)
+        ticket.finish(ENCODE)
+        return encoded
 
     async def sample(
         self,
@@ -179,6 +215,7 @@ class SketchEngine:
         seed: int,
         targets: Sequence[int] | None = None,
         timeout: float | None = None,
+        ticket: Ticket | None = None,
     ) -> list[np.ndarray]:
         """Decode each latent ``[n, Nz]`` into a stroke-3 of at most ``max_points`` rows.
 
@@ -195,12 +232,24 @@ class SketchEngine:
             )
             for i, (z, goal) in enumerate(zip(latents, goals))
         ]
-        return await self.decoder.submit(items, timeout=timeout)
+        if ticket is None:
+            with self.admit(len(items), (DECODE,), timeout):
+                return await self.decoder.submit(items, timeout=timeout)
+        drawn = await self.decoder.submit(items, timeout=timeout)
+        ticket.finish(DECODE)
+        return drawn
 
-    async def score(self, encoded: Sequence[Encoded], timeout: float | None = None) -> list[SketchScore]:
+    async def score(
+        self, encoded: Sequence[Encoded], timeout: float | None = None, ticket: Ticket | None = None
+    ) -> list[SketchScore]:
         """Reconstruction NLL given the sketch's own ``mu``, and the posterior's KL from the prior."""
         items = [BatchItem(_NllJob(e.mu, e.stroke3), len(e.stroke3), GROUP_NLL) for e in encoded]
-        nlls = await self.decoder.submit(items, timeout=timeout)
+        if ticket is None:
+            with self.admit(len(items), (DECODE,), timeout):
+                nlls = await self.decoder.submit(items, timeout=timeout)
+        else:
+            nlls = await self.decoder.submit(items, timeout=timeout)
+            ticket.finish(DECODE)
         mu = torch.from_numpy(np.stack([e.mu for e in encoded]))
         sigma = torch.from_numpy(np.stack([e.sigma for e in encoded]))
         kls = kl_divergence(mu, sigma).tolist()

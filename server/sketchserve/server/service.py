@@ -23,6 +23,7 @@ from sketchserve.artifact import Manifest
 from sketchserve.clusters import ClusterTable
 from sketchserve.packed import PackedFormatError, PackedSketches, pack_rows, unpack
 from sketchserve.pb.sketch.v1 import sketch_pb2, sketch_pb2_grpc
+from sketchserve.server.admission import DECODE, ENCODE, PREPROCESS, Ticket
 from sketchserve.server.errors import FailedPrecondition, InvalidRequest, NotReady
 from sketchserve.server.inflight import CallTracker
 from sketchserve.server.logs import fields
@@ -247,10 +248,20 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
         context: grpc.aio.ServicerContext,
         prefix: str = "",
     ) -> list[Encoded]:
-        """Validate, preprocess and encode the request's sketches (through the encode batcher)."""
+        """Validate, preprocess and encode the request's sketches (admitted by the engine for those stages)."""
         sketches = request_sketches(request, limit=state.max_sketches_per_request, prefix=prefix)
+        return await self._encode_sketches(state, sketches, context, prefix)
+
+    async def _encode_sketches(
+        self,
+        state: ServingState,
+        sketches: RequestSketches,
+        context: grpc.aio.ServicerContext,
+        prefix: str = "",
+        ticket: Ticket | None = None,
+    ) -> list[Encoded]:
         try:
-            return await state.engine.encode(sketches.drawings, timeout=context.time_remaining())
+            return await state.engine.encode(sketches.drawings, timeout=context.time_remaining(), ticket=ticket)
         except SketchTooLong as err:
             raise _sketch_error(err.index, sketches.id_of(err.index), prefix, "", str(err)) from None
 
@@ -304,21 +315,30 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
             raise InvalidRequest("latents", "give either sketches or latents, not both")
         temperature = check_temperature(request.temperature)
         max_points = resolve_max_points(request.max_points, spec.max_seq_len)
-        targets = None
         if request.latents:
             latents = latents_to_array(request.latents, spec.latent_size, state.max_sketches_per_request)
+            drawings = await state.engine.sample(
+                latents,
+                temperature=temperature,
+                max_points=max_points,
+                seed=request.seed,
+                timeout=context.time_remaining(),
+            )
         else:
-            encoded = await self._encoded(state, request, context)
-            latents = np.stack([e.mu for e in encoded])
-            targets = [len(e.stroke3) for e in encoded]
-        drawings = await state.engine.sample(
-            latents,
-            temperature=temperature,
-            max_points=max_points,
-            seed=request.seed,
-            targets=targets,
-            timeout=context.time_remaining(),
-        )
+            # Admitted once for all three stages, before any work: never refused after paying for the encode.
+            sketches = request_sketches(request, limit=state.max_sketches_per_request)
+            stages = (PREPROCESS, ENCODE, DECODE)
+            with state.engine.admit(len(sketches.drawings), stages, context.time_remaining()) as ticket:
+                encoded = await self._encode_sketches(state, sketches, context, ticket=ticket)
+                drawings = await state.engine.sample(
+                    np.stack([e.mu for e in encoded]),
+                    temperature=temperature,
+                    max_points=max_points,
+                    seed=request.seed,
+                    targets=[len(e.stroke3) for e in encoded],
+                    timeout=context.time_remaining(),
+                    ticket=ticket,
+                )
         return sketch_pb2.ReconstructResponse(
             sketches=[stroke3_to_proto(s3) for s3 in drawings], model_version=state.version
         )
@@ -327,8 +347,11 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
         self, request: sketch_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> sketch_pb2.ScoreResponse:
         state = self._ready()
-        encoded = await self._encoded(state, request, context)
-        scores = await state.engine.score(encoded, timeout=context.time_remaining())
+        sketches = request_sketches(request, limit=state.max_sketches_per_request)
+        stages = (PREPROCESS, ENCODE, DECODE)
+        with state.engine.admit(len(sketches.drawings), stages, context.time_remaining()) as ticket:
+            encoded = await self._encode_sketches(state, sketches, context, ticket=ticket)
+            scores = await state.engine.score(encoded, timeout=context.time_remaining(), ticket=ticket)
         return sketch_pb2.ScoreResponse(
             scores=[sketch_pb2.SketchScore(reconstruction_nll=s.reconstruction_nll, kl=s.kl) for s in scores],
             model_version=state.version,
