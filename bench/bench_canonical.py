@@ -166,8 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("SKETCHSERVE_DATA", DEFAULT_DATA)))
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--decoded", type=int, default=1000)
+    parser.add_argument("--json", type=Path, default=None, help="also write the result file here (bench/results.py)")
     args = parser.parse_args(argv)
+    from results import Table, finish, new_result
+
     from sketchserve.runtime import SketchRuntime
+
+    result = new_result("canonical", sys.argv[1:] if argv is None else argv)
 
     pairs = raw_simplified_pairs(args.data)
     agreement = compare_drawings(strokes.canonicalize_many(pairs.raws), pairs.twins)
@@ -178,25 +183,29 @@ def main(argv: list[str] | None = None) -> int:
     ]
     runtime = SketchRuntime.load(args.model)
     decoded = decoder_outputs(runtime, face_drawings(args.data, ["train"]), args.decoded)
-    out = [f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}"]
-    out.append(f"identical to Google's simplified twin: {agreement.identical} of {agreement.pairs}")
-    out.append(f"twin's point count in every stroke:    {agreement.same_counts} of {agreement.pairs}")
-    out.append(f"idempotent, simplified ndjson:         {idempotent_count(simplified)} of {len(simplified)}")
-    out.append(f"idempotent, decoder outputs:           {idempotent_count(decoded)} of {len(decoded)}")
-    faces = face_drawings(args.data, ["test", "valid"])
-    out.append(f"mu moves on {len(faces)} test and validation faces (goal: {MU_GOAL:.0%} of the median distance):")
-    out.append("| transformation | max mu move | goal | nearest cluster changes |")
-    out.append("|---|---|---|---|")
-    out += [
-        f"| {m.transformation} | {m.max_move:.4f} | {m.goal:.4f} | {m.cluster_changes} |"
-        for m in mu_moves(runtime, faces)
+    measures = [
+        ["identical to Google's simplified twin", f"{agreement.identical} of {agreement.pairs}"],
+        ["twin's point count in every stroke", f"{agreement.same_counts} of {agreement.pairs}"],
+        ["idempotent, simplified ndjson", f"{idempotent_count(simplified)} of {len(simplified)}"],
+        ["idempotent, decoder outputs", f"{idempotent_count(decoded)} of {len(decoded)}"],
     ]
+    faces = face_drawings(args.data, ["test", "valid"])
+    moves = Table(
+        ["transformation", "max mu move", f"goal ({MU_GOAL:.0%} of the median distance)", "nearest cluster changes"],
+        [
+            [m.transformation, f"{m.max_move:.4f}", f"{m.goal:.4f}", str(m.cluster_changes)]
+            for m in mu_moves(runtime, faces)
+        ],
+    )
     max_len = runtime.manifest.max_seq_len
     simplified_s3 = strokes.preprocess_many(simplified)
     fitted = strokes.fit_stroke3_many(simplified_s3, max_len)
-    out.append(
-        f"longer than max_seq_len={max_len} after preprocessing: {sum(f.further for f in fitted)} of "
-        f"{len(fitted)} simplified drawings; after fitting: {sum(len(f.stroke3) > max_len for f in fitted)}"
+    measures.append(
+        [
+            f"longer than max_seq_len={max_len} after preprocessing (simplified ndjson)",
+            f"{sum(f.further for f in fitted)} of {len(fitted)}; "
+            f"after fitting: {sum(len(f.stroke3) > max_len for f in fitted)}",
+        ]
     )
     capped = zigzag(strokes.MAX_STROKE_POINTS)
     worst = capped * (strokes.MAX_DRAWING_POINTS // strokes.MAX_STROKE_POINTS)
@@ -205,10 +214,21 @@ def main(argv: list[str] | None = None) -> int:
         (f"zigzag of {strokes.MAX_STROKE_POINTS:,} points (the stroke cap)", capped),
         (f"{len(worst)} such strokes (the drawing cap)", worst),
     ):
-        out.append(
-            f"{label}: preprocess {_seconds(partial(strokes.preprocess, drawing)):.3f} CPU s, "
-            f"and fitted to {max_len} rows {_seconds(partial(_served, drawing, max_len)):.3f} CPU s"
+        measures.append(
+            [
+                f"{label}: preprocess / and fitted to {max_len} rows",
+                f"{_seconds(partial(strokes.preprocess, drawing)):.3f} / "
+                f"{_seconds(partial(_served, drawing, max_len)):.3f} CPU s",
+            ]
         )
+    finish(result)
+    result.tables = {"canonical": Table(["measure", "value"], measures), "mu_moves": moves}
+    result.notes = [f"mu moves on the {len(faces)} test and validation faces of face.npz, through {args.model.name}."]
+    if args.json is not None:
+        result.write(args.json)
+    machine = result.machine
+    out = [f"command: {result.command}", f"load average {machine['load_before']} / {machine['load_after']}"]
+    out += ["", result.tables["canonical"].markdown(), "", moves.markdown()]
     sys.stdout.write("\n".join(out) + "\n")
     return 0
 
