@@ -47,6 +47,7 @@ def test_clustering_benchmark_scores_model_and_baselines(tiny_model: Path, data_
     assert "NMI ratio" in done.stdout and "(goal >= 2:" in done.stdout
 
 
+@pytest.mark.slow
 def test_clustering_benchmark_names_missing_data(tmp_path: Path) -> None:
     command = [
         sys.executable,

@@ -161,7 +161,8 @@ def test_failures_are_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     circles = str(data_dir / SHORT_DRAWINGS)
-    line = _one_line_error(run(capsys, "encode", "--target", "127.0.0.1:1", circles), "encode")
+    unreachable = ["--target", "127.0.0.1:1", "--retry-budget", "0.5"]  # no restart to wait out
+    line = _one_line_error(run(capsys, "encode", *unreachable, circles), "encode")
     assert "UNAVAILABLE" in line
     missing = tmp_path / "missing.npz"
     line = _one_line_error(run(capsys, "score", *target_args(clustered_server), str(missing)), "score")

@@ -224,6 +224,7 @@ def test_from_cluster_filter_keeps_exactly_the_members_of_cluster_k(
     assert init.model.latent_size == 8 and "encoder.mu.weight" in init.state_dict and init.scale > 0
 
 
+@pytest.mark.slow
 def test_train_from_cluster_fine_tunes_then_samples_new_members(
     tiny_model: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -60,6 +60,7 @@ def test_npz_records_are_canonical_and_raw_on_request(data_dir: Path) -> None:
         assert record.recognized is None and record.key_id is None and record.split == "valid"
 
 
+@pytest.mark.slow
 def test_several_files_and_categories_in_one_call(data_dir: Path) -> None:
     paths = [data_dir / "sketchrnn" / "face.npz", data_dir / "sketchrnn" / "pig.npz", data_dir / "simplified"]
     records = list(iter_drawings(paths, split="train", categories=["face", "pig"]))
@@ -70,6 +71,7 @@ def test_several_files_and_categories_in_one_call(data_dir: Path) -> None:
     assert len(by_word) == 4 and all(r.split == "train" for r in records)
 
 
+@pytest.mark.slow
 def test_simplified_files_have_25_drawings_with_metadata(data_dir: Path) -> None:
     files = sorted((data_dir / "simplified").glob("*.ndjson"))
     records = list(iter_drawings(data_dir / "simplified"))

@@ -118,6 +118,7 @@ def test_manifest_is_complete_and_checksums_catch_tampering(tmp_path: Path) -> N
         verify_checksums(out)
 
 
+@pytest.mark.slow
 def test_random_artifact_is_reproducible_and_loads_without_project_code(tmp_path: Path) -> None:
     a = make_random_artifact(tmp_path / "a", seed=7)
     b = make_random_artifact(tmp_path / "b", seed=7)

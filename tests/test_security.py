@@ -206,6 +206,7 @@ def test_reflection_can_be_turned_off(tiny_model: Path) -> None:
     assert config_from_args([], {"SKETCHSERVE_REFLECTION": "false"}).reflection is False
 
 
+@pytest.mark.slow
 def test_metrics_bind_the_grpc_host_unless_told_otherwise(tiny_model: Path) -> None:
     with running_server(server_config(tiny_model, metrics_port=0)) as server:
         assert server.built.metrics_http is not None

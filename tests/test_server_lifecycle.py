@@ -52,6 +52,7 @@ def encode_request(seed: int, count: int) -> sketch_pb2.EncodeRequest:
     return sketch_pb2.EncodeRequest(sketches=random_sketches(seed, count))
 
 
+@pytest.mark.slow
 def test_health_is_not_serving_until_warm_and_while_draining(tiny_model: Path) -> None:
     with running_server(server_config(tiny_model), load=False) as server:
         assert check(server) == NOT_SERVING
@@ -176,6 +177,7 @@ def read_until(stream, pattern: re.Pattern[str], count: int = 1) -> re.Match[str
     return found
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_every_accepted_call_and_exits_zero(tiny_model: Path) -> None:
     command = [
         sys.executable,

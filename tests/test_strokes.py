@@ -147,6 +147,7 @@ def test_canonical_form_is_integer_in_the_0_255_box(drawing: strokes.Drawing) ->
     assert np.isfinite(points).all()
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(st.lists(drawings(), min_size=1, max_size=8))
 def test_batch_gives_the_same_result_as_one_by_one(batch: list[strokes.Drawing]) -> None:
@@ -328,6 +329,7 @@ def test_copies_of_a_canonical_form_are_that_form(drawing: strokes.Drawing, scal
     assert np.array_equal(strokes.preprocess(copy), strokes.preprocess(canonical))
 
 
+@pytest.mark.slow
 def test_canonicalize_is_a_projection_on_real_drawings(data_dir: Path) -> None:
     simplified = [
         strokes.drawing_from_xy(xy)
@@ -433,6 +435,7 @@ def test_fitting_refuses_a_maximum_below_one_line() -> None:
         strokes.fit_stroke3_many([np.zeros((3, 3), dtype=np.float32)], 1)
 
 
+@pytest.mark.slow
 def test_every_shared_simplified_drawing_fits_the_face_model(data_dir: Path) -> None:
     """Issue 12 item 2: of the 8,600 simplified drawings, 113 are longer than 128 rows
     after preprocessing; fitted, none is, and each is its own fit."""

@@ -149,6 +149,7 @@ def test_cli_errors_are_one_clear_line(capsys: pytest.CaptureFixture[str], tmp_p
     one_error_line(capsys, sample_main([str(tmp_path)]), "no manifest")
 
 
+@pytest.mark.slow
 def test_cli_error_from_a_real_process_has_no_traceback(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "sketchserve.cli", "train", "--data", str(tmp_path / "missing.ndjson")],
@@ -322,6 +323,7 @@ def test_export_records_which_checkpoint_it_took(trained: Path, tmp_path: Path) 
     assert training["steps"] == load_checkpoint(trained / CHECKPOINT)["step"]
 
 
+@pytest.mark.slow
 def test_the_bundled_manifest_holds_only_what_the_export_code_writes(trained: Path, tmp_path: Path) -> None:
     """No hand-written fields: every key of models/face's manifest (and of its training record) is one that
     `sketchserve export` writes (the bundled model was exported from a run with a resume and a hand stop)."""
