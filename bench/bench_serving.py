@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from results import Table, finish, new_result
 from serving_load import ENCODE, FORMS, PACKED, RECONSTRUCT, CellResult, CellSpec, run_cell
-from serving_server import CpuPerCall, ServerProcess
+from serving_server import BatchTotals, CpuPerCall, ServerProcess
 
 from sketchserve import data, strokes
 from sketchserve.artifact import read_manifest
@@ -253,12 +253,14 @@ def run_grid(
             config.max_round_s,
             form,
         )
-        before = server.batch_totals(BATCHER[method])
-        snapshot = server.snapshot()
+        before = server.snapshot()
         timeout = config.warmup_s + config.max_round_s + config.duration_s + CELL_TIMEOUT_SLACK_S
         result = pool.apply_async(run_cell, (spec,)).get(timeout=timeout)
-        cpu = CpuPerCall.between(snapshot, server.snapshot())
-        mean_batch = server.batch_totals(BATCHER[method]).mean_since(before)
+        after = server.snapshot()
+        cpu = CpuPerCall.between(before, after)
+        empty = BatchTotals(0.0, 0.0)
+        batcher = BATCHER[method]
+        mean_batch = after.batches.get(batcher, empty).mean_since(before.batches.get(batcher, empty))
         rows.append(Row(name, method, concurrency, per_call, result, mean_batch, form, cpu))
         log.info(
             "%s %s %s c=%d k=%d: %.1f sketches/s", name, method, form, concurrency, per_call, result.sketches_per_s

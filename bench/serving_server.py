@@ -43,6 +43,7 @@ class ServerSnapshot:
     calls: float  # RPCs finished (any status)
     model_s: float  # CPU time inside model batches (encode and decode batchers)
     preprocess_s: float  # CPU time inside preprocessing batches
+    batches: dict[str, BatchTotals]  # batch-size histogram totals, by batcher
 
 
 @dataclass(frozen=True)
@@ -180,27 +181,19 @@ class ServerProcess:
         """CPU time first, then the metrics (the scrape itself costs the server a little CPU after the reading)."""
         cpu = process_cpu_seconds(self._process.pid)
         calls = model = preprocess = 0.0
+        sizes: dict[str, dict[str, float]] = {}  # batcher -> {"_sum": items, "_count": batches}
         for family in text_string_to_metric_families(self._metrics()):
             for sample in family.samples:
+                batcher = sample.labels.get("batcher", "")
                 if family.name == REQUESTS_METRIC and sample.name == f"{REQUESTS_METRIC}_total":
                     calls += sample.value
                 elif family.name == BATCH_CPU_METRIC and sample.name == f"{BATCH_CPU_METRIC}_total":
-                    batcher = sample.labels.get("batcher")
                     model += sample.value if batcher in MODEL_BATCHERS else 0.0
                     preprocess += sample.value if batcher == PREPROCESS_BATCHER else 0.0
-        return ServerSnapshot(cpu, calls, model, preprocess)
-
-    def batch_totals(self, batcher: str) -> BatchTotals:
-        text = self._metrics()
-        values = {"_sum": 0.0, "_count": 0.0}
-        for family in text_string_to_metric_families(text):
-            if family.name != BATCH_SIZE_METRIC:
-                continue
-            for sample in family.samples:
-                suffix = sample.name[len(BATCH_SIZE_METRIC) :]
-                if sample.labels.get("batcher") == batcher and suffix in values:
-                    values[suffix] = sample.value
-        return BatchTotals(items=values["_sum"], batches=values["_count"])
+                elif family.name == BATCH_SIZE_METRIC:
+                    sizes.setdefault(batcher, {})[sample.name[len(BATCH_SIZE_METRIC) :]] = sample.value
+        batches = {b: BatchTotals(items=v.get("_sum", 0.0), batches=v.get("_count", 0.0)) for b, v in sizes.items()}
+        return ServerSnapshot(cpu, calls, model, preprocess, batches)
 
     def stop(self) -> None:
         if self._process.poll() is None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, shared_data_path
 from server_fixtures import CALL_TIMEOUT_S, random_sketches, running_server, server_config
+from test_train import TINY_FLAGS
 
 from sketchserve import data, strokes
 from sketchserve.artifact import load_artifact, read_manifest
@@ -37,26 +38,7 @@ CPU_GPU_TOLERANCE = 1e-4
 BATCH_TOLERANCE = 1e-5
 SKETCHES = 64
 BIG_BATCH = 48
-TINY_TRAIN = [
-    "--enc-hidden",
-    "16",
-    "--dec-hidden",
-    "32",
-    "--latent-size",
-    "8",
-    "--num-mixtures",
-    "3",
-    "--max-seq-len",
-    "128",
-    "--batch-size",
-    "16",
-    "--log-every",
-    "5",
-    "--threads",
-    "1",
-    "--device",
-    "cuda",
-]
+TINY_TRAIN = [*TINY_FLAGS, "--device", "cuda"]  # test_train's tiny model, on the GPU
 
 
 def _drawings(count: int) -> list[np.ndarray]:

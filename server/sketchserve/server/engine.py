@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -112,30 +112,20 @@ class SketchEngine:
         # max_queue, which admitted work never exceeds, so no stage refuses work already paid for.
         self.admission = Admission((PREPROCESS, ENCODE, DECODE), cfg.max_queue)
         batch_observer = _AdmissionObserver(self.admission, observer)
-        self.preprocessor: Batcher[Drawing, Fitted] = Batcher(
-            PREPROCESS,
-            self._preprocess_batch,
-            max_batch_size=cfg.max_batch_size,
-            max_delay_s=delay_s,
-            max_queue=cfg.max_queue,
-            observer=batch_observer,
-        )
-        self.encoder: Batcher[np.ndarray, Encoded] = Batcher(
-            ENCODE,
-            self._encode_batch,
-            max_batch_size=cfg.max_batch_size,
-            max_delay_s=delay_s,
-            max_queue=cfg.max_queue,
-            observer=batch_observer,
-        )
-        self.decoder: Batcher[Any, Any] = Batcher(
-            DECODE,
-            self._decode_batch,
-            max_batch_size=cfg.max_batch_size,
-            max_delay_s=delay_s,
-            max_queue=cfg.max_queue,
-            observer=batch_observer,
-        )
+
+        def batcher(name: str, run_batch: Callable[[Hashable, list[Any]], list[Any]]) -> Batcher:
+            return Batcher(
+                name,
+                run_batch,
+                max_batch_size=cfg.max_batch_size,
+                max_delay_s=delay_s,
+                max_queue=cfg.max_queue,
+                observer=batch_observer,
+            )
+
+        self.preprocessor: Batcher[Drawing, Fitted] = batcher(PREPROCESS, self._preprocess_batch)
+        self.encoder: Batcher[np.ndarray, Encoded] = batcher(ENCODE, self._encode_batch)
+        self.decoder: Batcher[Any, Any] = batcher(DECODE, self._decode_batch)
 
     @property
     def batchers(self) -> tuple[Batcher, ...]:
@@ -171,6 +161,12 @@ class SketchEngine:
         from sketches, Score) is admitted for all of them here and hands the ticket to each."""
         return self.admission.admit(dict.fromkeys(stages, sketches), timeout)
 
+    def _held(
+        self, ticket: Ticket | None, sketches: int, stages: Sequence[str], timeout: float | None
+    ) -> AbstractContextManager[Ticket]:
+        """The caller's ticket (the caller releases it), or one admitted here for this method's stages alone."""
+        return nullcontext(ticket) if ticket is not None else self.admit(sketches, stages, timeout)
+
     async def encode(
         self, drawings: Sequence[Drawing], timeout: float | None = None, ticket: Ticket | None = None
     ) -> list[Encoded]:
@@ -181,30 +177,25 @@ class SketchEngine:
         SketchTooLong (naming the first such drawing) before any encoding. Without a ``ticket``
         the call is admitted here (``admit``).
         """
-        if ticket is None:
-            with self.admit(len(drawings), (PREPROCESS, ENCODE), timeout) as own:
-                return await self._encode(drawings, timeout, own)
-        return await self._encode(drawings, timeout, ticket)
-
-    async def _encode(self, drawings: Sequence[Drawing], timeout: float | None, ticket: Ticket) -> list[Encoded]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        items = [BatchItem(d, cost=sum(len(stroke) for stroke in d)) for d in drawings]
-        fitted: list[Fitted] = await self.preprocessor.submit(items, timeout=timeout)
-        ticket.finish(PREPROCESS)
-        strokes3 = [f.stroke3 for f in fitted]
-        for index, s3 in enumerate(strokes3):
-            if len(s3) > self.spec.max_seq_len:
-                raise SketchTooLong(index, len(s3), self.spec.max_seq_len)
-        further = sum(f.further for f in fitted)
-        if further:
-            limit = self.spec.max_seq_len
-            log.debug("simplified %d of %d sketches further to fit max_seq_len=%d", further, len(fitted), limit)
-            if self.simplified_further is not None:
-                self.simplified_further(further)
-        remaining = None if deadline is None else deadline - time.monotonic()
-        encoded = await self.encoder.submit([BatchItem(s3, cost=len(s3)) for s3 in strokes3], timeout=remaining)
-        ticket.finish(ENCODE)
-        return encoded
+        with self._held(ticket, len(drawings), (PREPROCESS, ENCODE), timeout) as held:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            items = [BatchItem(d, cost=sum(len(stroke) for stroke in d)) for d in drawings]
+            fitted: list[Fitted] = await self.preprocessor.submit(items, timeout=timeout)
+            held.finish(PREPROCESS)
+            strokes3 = [f.stroke3 for f in fitted]
+            for index, s3 in enumerate(strokes3):
+                if len(s3) > self.spec.max_seq_len:
+                    raise SketchTooLong(index, len(s3), self.spec.max_seq_len)
+            further = sum(f.further for f in fitted)
+            if further:
+                limit = self.spec.max_seq_len
+                log.debug("simplified %d of %d sketches further to fit max_seq_len=%d", further, len(fitted), limit)
+                if self.simplified_further is not None:
+                    self.simplified_further(further)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            encoded = await self.encoder.submit([BatchItem(s3, cost=len(s3)) for s3 in strokes3], timeout=remaining)
+            held.finish(ENCODE)
+            return encoded
 
     async def sample(
         self,
@@ -232,11 +223,9 @@ class SketchEngine:
             )
             for i, (z, goal) in enumerate(zip(latents, goals))
         ]
-        if ticket is None:
-            with self.admit(len(items), (DECODE,), timeout):
-                return await self.decoder.submit(items, timeout=timeout)
-        drawn = await self.decoder.submit(items, timeout=timeout)
-        ticket.finish(DECODE)
+        with self._held(ticket, len(items), (DECODE,), timeout) as held:
+            drawn = await self.decoder.submit(items, timeout=timeout)
+            held.finish(DECODE)
         return drawn
 
     async def score(
@@ -244,12 +233,9 @@ class SketchEngine:
     ) -> list[SketchScore]:
         """Reconstruction NLL given the sketch's own ``mu``, and the posterior's KL from the prior."""
         items = [BatchItem(_NllJob(e.mu, e.stroke3), len(e.stroke3), GROUP_NLL) for e in encoded]
-        if ticket is None:
-            with self.admit(len(items), (DECODE,), timeout):
-                nlls = await self.decoder.submit(items, timeout=timeout)
-        else:
+        with self._held(ticket, len(items), (DECODE,), timeout) as held:
             nlls = await self.decoder.submit(items, timeout=timeout)
-            ticket.finish(DECODE)
+            held.finish(DECODE)
         mu = torch.from_numpy(np.stack([e.mu for e in encoded]))
         sigma = torch.from_numpy(np.stack([e.sigma for e in encoded]))
         kls = kl_divergence(mu, sigma).tolist()

@@ -164,6 +164,14 @@ def latents_to_array(latents: Sequence[sketch_pb2.Embedding], latent_size: int, 
     return np.stack(rows)
 
 
+def _admit_encode_then_decode(
+    state: ServingState, sketches: RequestSketches, context: grpc.aio.ServicerContext
+) -> Ticket:
+    """A call that encodes its sketches, then decodes (Reconstruct from sketches, Score): admitted once for all
+    three stages before any work, so it is never refused after paying for the encode."""
+    return state.engine.admit(len(sketches.drawings), (PREPROCESS, ENCODE, DECODE), context.time_remaining())
+
+
 def check_temperature(temperature: float) -> float:
     if not (math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
         raise InvalidRequest("temperature", f"{temperature} is outside [0, {MAX_TEMPERATURE:g}]")
@@ -325,10 +333,8 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
                 timeout=context.time_remaining(),
             )
         else:
-            # Admitted once for all three stages, before any work: never refused after paying for the encode.
             sketches = request_sketches(request, limit=state.max_sketches_per_request)
-            stages = (PREPROCESS, ENCODE, DECODE)
-            with state.engine.admit(len(sketches.drawings), stages, context.time_remaining()) as ticket:
+            with _admit_encode_then_decode(state, sketches, context) as ticket:
                 encoded = await self._encode_sketches(state, sketches, context, ticket=ticket)
                 drawings = await state.engine.sample(
                     np.stack([e.mu for e in encoded]),
@@ -348,8 +354,7 @@ class SketchServicer(sketch_pb2_grpc.SketchServiceServicer):
     ) -> sketch_pb2.ScoreResponse:
         state = self._ready()
         sketches = request_sketches(request, limit=state.max_sketches_per_request)
-        stages = (PREPROCESS, ENCODE, DECODE)
-        with state.engine.admit(len(sketches.drawings), stages, context.time_remaining()) as ticket:
+        with _admit_encode_then_decode(state, sketches, context) as ticket:
             encoded = await self._encode_sketches(state, sketches, context, ticket=ticket)
             scores = await state.engine.score(encoded, timeout=context.time_remaining(), ticket=ticket)
         return sketch_pb2.ScoreResponse(
