@@ -1,7 +1,11 @@
 """Fingerprint of an artifact's outputs: mu and sigma of 128 test faces, greedy and seeded decodes
 of 32 codes, and the teacher-forced NLL, hashed (sha256 of the raw arrays).
 
-    PYTHONPATH=.:client:server:training .venv/bin/python bench/fingerprint.py [MODEL_DIR] [FACES_NPZ]
+    PYTHONPATH=.:client:server:training .venv/bin/python bench/fingerprint.py [MODEL_DIR] [FACES_NPZ] [--fixed-inputs]
+
+``--fixed-inputs`` feeds the model the test faces' own stroke-3 rows divided by 8 and rounded instead of
+their canonical form, so the fingerprint is the model's alone: it stays put when preprocessing changes
+(``models/face``: ``ed733a685241f563``, as on the commit before the 2026-12-05 refactors, f4d0dc8).
 
 Refactors of the runtime must leave the bundled model's fingerprint unchanged
 (``model outputs sha 3405dc480260368f`` for models/face, one torch thread, CPU, with
@@ -25,13 +29,17 @@ CODES = 32  # codes decoded, greedily and with seeded noise
 SEED = 7  # request seed of the seeded decode
 TEMPERATURE = 0.6  # temperature of the seeded decode
 DIGITS = 16  # hex digits printed
+FIXED_INPUT_DIVISOR = 8.0  # --fixed-inputs: the raw offsets shrunk to the canonical frame's rough scale
 
 
-def fingerprint(model_dir: Path, faces_npz: Path) -> tuple[str, str]:
+def fingerprint(model_dir: Path, faces_npz: Path, fixed_inputs: bool = False) -> tuple[str, str]:
     torch.set_num_threads(1)
     runtime = SketchRuntime.load(model_dir, "cpu")
     faces = np.load(faces_npz, encoding="latin1", allow_pickle=True)["test"][:FACES]
-    s3 = preprocess_many([stroke3_to_drawing(f.astype(np.float32)) for f in faces])
+    if fixed_inputs:
+        s3 = [(f.astype(np.float32) / FIXED_INPUT_DIVISOR).round() for f in faces]
+    else:
+        s3 = preprocess_many([stroke3_to_drawing(f.astype(np.float32)) for f in faces])
     x, lengths = (torch.from_numpy(a) for a in pad_stroke5(s3))
     mu, sigma = runtime.encode(x, lengths)
     steps = runtime.manifest.max_seq_len
@@ -47,9 +55,11 @@ def fingerprint(model_dir: Path, faces_npz: Path) -> tuple[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    model_dir = Path(argv[0]) if argv else Path("models/face")
-    faces = Path(argv[1]) if len(argv) > 1 else Path("../shared/data/sketchrnn/face.npz")
-    inputs, outputs = fingerprint(model_dir, faces)
+    fixed = "--fixed-inputs" in argv
+    paths = [a for a in argv if a != "--fixed-inputs"]
+    model_dir = Path(paths[0]) if paths else Path("models/face")
+    faces = Path(paths[1]) if len(paths) > 1 else Path("../shared/data/sketchrnn/face.npz")
+    inputs, outputs = fingerprint(model_dir, faces, fixed)
     sys.stdout.write(f"preprocessed sha {inputs}\nmodel outputs sha {outputs}\n")
     return 0
 
